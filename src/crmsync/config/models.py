@@ -1,0 +1,196 @@
+"""The config file as pydantic models: the one source of truth (JSON Schema comes from here)."""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+NAME_RE = r"^[A-Za-z_][A-Za-z0-9_\-]*$"
+
+
+class _Strict(BaseModel):
+    # Unknown keys are errors: a typo must never be silently ignored.
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class DeletedMarker(_Strict):
+    """How a soft-deleted record is recognised at the source."""
+
+    field: str = Field(description="field holding the deleted flag or status")
+    value: Any = Field(True, description="value meaning 'deleted'")
+
+
+class ObjectConfig(_Strict):
+    """One object (record type) of a SQL system."""
+
+    table: str = Field(description="table name (checked against the live schema)")
+    key: str = Field(description="primary or unique key column")
+    updated_at: str | None = Field(
+        None, description="column stamped on every change; enables incremental capture"
+    )
+    deleted: DeletedMarker | None = Field(
+        None, description="soft-delete marker: a record with this value is treated as deleted"
+    )
+    lookback: float = Field(
+        0.0,
+        ge=0,
+        description="seconds to re-read before the cursor to catch late commits "
+        "(the overlap is de-duplicated)",
+    )
+    schema_name: str | None = Field(None, alias="schema", description="database schema")
+
+
+class SystemConfig(_Strict):
+    connector: Literal["sql"] = Field(description="how crmsync reaches the system")
+    url: str = Field(description="SQLAlchemy URL; use ${VAR} for secrets")
+    objects: dict[str, ObjectConfig] = Field(min_length=1)
+
+    @field_validator("objects")
+    @classmethod
+    def _names(cls, v: dict[str, ObjectConfig]) -> dict[str, ObjectConfig]:
+        for name in v:
+            if not re.match(NAME_RE, name):
+                raise ValueError(f"object name {name!r} must match {NAME_RE}")
+        return v
+
+
+class Op(StrEnum):
+    EQ = "eq"
+    NE = "ne"
+    LT = "lt"
+    LE = "le"
+    GT = "gt"
+    GE = "ge"
+    IN = "in"
+    NOT_IN = "not_in"
+    CONTAINS = "contains"
+    STARTS_WITH = "starts_with"
+    IS_EMPTY = "is_empty"
+    IS_NOT_EMPTY = "is_not_empty"
+    IS_TRUE = "is_true"
+    IS_FALSE = "is_false"
+
+
+UNARY_OPS = {Op.IS_EMPTY, Op.IS_NOT_EMPTY, Op.IS_TRUE, Op.IS_FALSE}
+
+
+class Condition(_Strict):
+    field: str
+    op: Op
+    value: Any = None
+
+    @model_validator(mode="after")
+    def _value_fits_op(self) -> Condition:
+        if self.op in (Op.IN, Op.NOT_IN) and not isinstance(self.value, list):
+            raise ValueError(f"op {self.op.value} expects a list value")
+        if self.op not in UNARY_OPS and self.op not in (Op.IN, Op.NOT_IN) and self.value is None:
+            raise ValueError(f"op {self.op.value} expects a value")
+        return self
+
+
+class AllOf(_Strict):
+    all: list[Criteria] = Field(min_length=1)
+
+
+class AnyOf(_Strict):
+    any: list[Criteria] = Field(min_length=1)
+
+
+Criteria = Annotated[AllOf | AnyOf | Condition, Field(union_mode="left_to_right")]
+AllOf.model_rebuild()
+AnyOf.model_rebuild()
+
+
+class Direction(StrEnum):
+    FORWARD = "forward"
+    BACKWARD = "backward"
+    BOTH = "both"
+
+
+class Mapping(_Strict):
+    source: str = Field(description="source field")
+    target: str = Field(description="target field")
+    direction: Direction | None = Field(None, description="overrides the link's direction")
+    values: dict[str, Any] | None = Field(
+        None, description="value map source -> target (pick lists); inverted for backward"
+    )
+    default: Any = Field(None, description="value written when the source value is empty")
+
+
+class SetAction(_Strict):
+    set: dict[str, Any] = Field(min_length=1, description="target fields to set on delete")
+
+
+class ConflictPolicy(StrEnum):
+    SOURCE = "source"
+    TARGET = "target"
+    NEWEST = "newest"
+
+
+class LinkConfig(_Strict):
+    source: str = Field(description="SYSTEM.OBJECT the records come from")
+    target: str = Field(description="SYSTEM.OBJECT the records go to")
+    direction: Literal[Direction.FORWARD, Direction.BOTH] = Direction.FORWARD
+    match: dict[str, str] = Field(
+        default_factory=dict,
+        description="source field: target field; pairs existing records and makes creates "
+        "idempotent",
+    )
+    create: bool = True
+    filter: Criteria | None = None
+    fields: list[Mapping] = Field(min_length=1)
+    conflict: ConflictPolicy = ConflictPolicy.SOURCE
+    on_delete: Literal["ignore", "delete"] | SetAction = "ignore"
+    batch_size: int = Field(500, ge=1, le=10_000)
+    enabled: bool = True
+
+    @field_validator("source", "target")
+    @classmethod
+    def _ref(cls, v: str) -> str:
+        system, dot, obj = v.partition(".")
+        if not dot or not re.match(NAME_RE, system) or not re.match(NAME_RE, obj):
+            raise ValueError(f"expected SYSTEM.OBJECT, got {v!r}")
+        return v
+
+    @property
+    def source_system(self) -> str:
+        return self.source.partition(".")[0]
+
+    @property
+    def source_object(self) -> str:
+        return self.source.partition(".")[2]
+
+    @property
+    def target_system(self) -> str:
+        return self.target.partition(".")[0]
+
+    @property
+    def target_object(self) -> str:
+        return self.target.partition(".")[2]
+
+    def mapping_direction(self, m: Mapping) -> Direction:
+        return m.direction or Direction(self.direction)
+
+    @property
+    def reads_target(self) -> bool:
+        """True when target changes must be captured (some field flows backward)."""
+        return any(self.mapping_direction(m) is not Direction.FORWARD for m in self.fields)
+
+
+class Config(_Strict):
+    """A crmsync.yaml file."""
+
+    state: str = Field("sqlite:///crmsync.db", description="state database URL")
+    systems: dict[str, SystemConfig] = Field(min_length=1)
+    links: dict[str, LinkConfig] = Field(min_length=1)
+
+    @field_validator("systems", "links")
+    @classmethod
+    def _names(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for name in v:
+            if not re.match(NAME_RE, name):
+                raise ValueError(f"name {name!r} must match {NAME_RE}")
+        return v

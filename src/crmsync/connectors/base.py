@@ -1,0 +1,132 @@
+"""The connector interface: how the engine speaks to one system.
+
+Connectors know objects, fields and records; they know nothing about links.
+Ids cross this boundary as text (the state database stores them as text);
+the connector converts them back to the key's own type.
+
+Cursor contract (incremental reads), written down because capture relies on it:
+
+* A cursor is an opaque JSON-serialisable dict made by the connector.
+* ``read_changes(obj, cursor, limit)`` returns records whose
+  ``(updated_at, key)`` is strictly greater than the cursor, ordered by
+  ``(updated_at, key)``, at most ``limit``; rows that share one ``updated_at``
+  across a page boundary are neither skipped nor repeated because the key
+  breaks the tie.
+* ``cursor=None`` starts at the beginning of time.
+* Rows whose ``updated_at`` is NULL are never returned by ``read_changes``;
+  ``scan`` (used by full runs) returns every row, NULL or not.
+* ``start_cursor(obj)`` returns a cursor positioned *before* the current
+  high-water mark, so rows stamped at that instant are read again (and
+  de-duplicated by the engine), never lost.
+* ``lookback`` (seconds) makes ``read_changes`` start that much earlier than
+  the cursor, to catch transactions that commit late with an older stamp; the
+  engine de-duplicates the overlap by (id, version).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from crmsync.model import ObjectSpec, Record
+
+Cursor = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a connector supports, declared as data."""
+
+    batch_size: int = 500
+    upsert: bool = False
+    hard_delete: bool = True
+    activities: bool = False
+    deep_links: bool = False
+
+
+@dataclass(slots=True)
+class ChangePage:
+    """One page of changes and the cursor after its last row."""
+
+    records: list[Record]
+    cursor: Cursor | None
+    # False when this page was shorter than the limit (nothing more for now).
+    more: bool = False
+
+
+@dataclass(slots=True)
+class WriteResult:
+    """Per-item results of a batch write; one bad item never fails the others.
+
+    ``created`` holds the new ids in the order of the ``creates`` given;
+    an entry is None when that create failed, with its reason in ``errors``
+    under the key ``"create:<index>"``. Failed updates/deletes are keyed by id.
+    """
+
+    created: list[str | None] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+class Connector(ABC):
+    """A connection to one system."""
+
+    capabilities: Capabilities = Capabilities()
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    # -- description ---------------------------------------------------
+    @abstractmethod
+    def objects(self) -> list[str]:
+        """Names of the objects this system has (as configured)."""
+
+    @abstractmethod
+    def describe(self, obj: str) -> ObjectSpec:
+        """The object's typed fields (reflected from the live system)."""
+
+    # -- reads -----------------------------------------------------------
+    @abstractmethod
+    def read_changes(
+        self, obj: str, cursor: Cursor | None, limit: int, lookback: float = 0.0
+    ) -> ChangePage:
+        """Records changed after ``cursor`` (see the module docstring)."""
+
+    @abstractmethod
+    def start_cursor(self, obj: str) -> Cursor | None:
+        """A cursor just before the current high-water mark (None: empty)."""
+
+    @abstractmethod
+    def scan(self, obj: str, after_id: str | None, limit: int) -> list[Record]:
+        """Every record in key order after ``after_id`` (full runs)."""
+
+    @abstractmethod
+    def read(self, obj: str, ids: Sequence[str]) -> dict[str, Record]:
+        """Records by id; ids that do not exist are absent from the result."""
+
+    @abstractmethod
+    def find(self, obj: str, field_name: str, values: Sequence[Any]) -> list[Record]:
+        """Records whose ``field_name`` equals one of ``values`` (match keys)."""
+
+    # -- writes ----------------------------------------------------------
+    @abstractmethod
+    def write(
+        self,
+        obj: str,
+        creates: Sequence[Mapping[str, Any]] = (),
+        updates: Sequence[tuple[str, Mapping[str, Any]]] = (),
+        deletes: Sequence[str] = (),
+    ) -> WriteResult:
+        """Create, update and hard-delete in batches, with per-item results.
+
+        Raises ``SystemUnavailable`` when the system cannot be reached (nothing
+        is assumed written then).
+        """
+
+    def count_calls(self) -> int:
+        """Calls made so far (quotas are counted from this)."""
+        return 0
+
+    def close(self) -> None:  # noqa: B027 - optional hook, default does nothing
+        """Release connections."""

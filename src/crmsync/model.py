@@ -1,0 +1,161 @@
+"""Records, changes and outcomes: the pure data every layer shares (no I/O here)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class FieldType(StrEnum):
+    STRING = "string"
+    INTEGER = "integer"
+    DECIMAL = "decimal"
+    BOOLEAN = "boolean"
+    DATE = "date"
+    DATETIME = "datetime"
+    CHOICE = "choice"
+    REFERENCE = "reference"
+    DOCUMENT = "document"
+    LIST = "list"
+
+
+@dataclass(frozen=True, slots=True)
+class FieldSpec:
+    """A typed attribute of an object, as the connector reflects it."""
+
+    name: str
+    type: FieldType
+    nullable: bool = True
+    max_length: int | None = None
+    # Decimal places the system keeps (None: not declared).
+    scale: int | None = None
+    choices: tuple[str, ...] | None = None
+    # The system fills it itself (autoincrement key, computed column).
+    read_only: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectSpec:
+    """A record type of a system with its typed fields."""
+
+    name: str
+    key: str
+    fields: dict[str, FieldSpec]
+    updated_at: str | None = None
+    # True when the system assigns the key on create (autoincrement).
+    key_generated: bool = False
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class RecordRef:
+    """Names one record: ``system.object:id``."""
+
+    system: str
+    object: str
+    id: str
+
+    def __str__(self) -> str:
+        return f"{self.system}.{self.object}:{self.id}"
+
+    @classmethod
+    def parse(cls, text: str) -> RecordRef:
+        """Parse ``SYSTEM.OBJECT:ID``; raises ValueError naming what was expected."""
+        head, sep, rid = text.partition(":")
+        system, dot, obj = head.partition(".")
+        if not sep or not dot or not system or not obj or not rid:
+            raise ValueError(f"expected SYSTEM.OBJECT:ID (e.g. crm.company:42), got {text!r}")
+        return cls(system, obj, rid)
+
+
+@dataclass(slots=True)
+class Record:
+    """One object instance as read from a system.
+
+    ``id`` is always the key rendered as text (state stores ids as text);
+    ``version`` is the system's own change marker (its ``updated_at``).
+    """
+
+    id: str
+    values: dict[str, Any]
+    version: Any = None
+
+
+class ChangeOp(StrEnum):
+    UPSERT = "upsert"
+    DELETE = "delete"
+
+
+class Side(StrEnum):
+    SOURCE = "source"
+    TARGET = "target"
+
+    @property
+    def other(self) -> Side:
+        return Side.TARGET if self is Side.SOURCE else Side.SOURCE
+
+
+class FieldStatus(StrEnum):
+    UPDATED = "updated"
+    UNCHANGED = "unchanged"
+    CONFLICT = "conflict"
+    REJECTED = "rejected"
+
+
+@dataclass(slots=True)
+class FieldOutcome:
+    """What happened to one mapped field of one record."""
+
+    field: str
+    status: FieldStatus
+    # Which side was written ("target"/"source") when updated.
+    side: str | None = None
+    old: Any = None
+    new: Any = None
+    reason: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"field": self.field, "status": self.status.value}
+        if self.side is not None:
+            out["side"] = self.side
+        if self.status in (FieldStatus.UPDATED, FieldStatus.CONFLICT):
+            out["old"] = self.old
+            out["new"] = self.new
+        if self.reason is not None:
+            out["reason"] = self.reason
+        return out
+
+
+class Action(StrEnum):
+    """What happened to one record in one pass."""
+
+    CREATED = "created"
+    UPDATED = "updated"
+    UNCHANGED = "unchanged"
+    MATCHED = "matched"
+    DELETED = "deleted"
+    SKIPPED = "skipped"
+    REJECTED = "rejected"
+    FAILED = "failed"
+
+
+@dataclass(slots=True)
+class Outcome:
+    """The outcome of one record: the action and every field's outcome."""
+
+    link: str
+    source_id: str | None
+    target_id: str | None
+    action: Action
+    fields: list[FieldOutcome] = field(default_factory=list)
+    message: str | None = None
+    # Paired by match key this pass (a first pairing, not a create).
+    matched: bool = False
+
+    @property
+    def conflicts(self) -> int:
+        return sum(1 for f in self.fields if f.status is FieldStatus.CONFLICT)
+
+    @property
+    def rejected(self) -> int:
+        return sum(1 for f in self.fields if f.status is FieldStatus.REJECTED)
