@@ -49,3 +49,16 @@ class StateError(CrmsyncError):
     """The state database is unusable (wrong schema version, unreachable): abort."""
 
     hint = "check the `state:` URL in the config"
+
+
+class SchemaError(CrmsyncError):
+    """The live system does not have what the config names (table, column).
+
+    ``key`` is the config key the problem belongs to, relative to the object
+    (``table``, ``key``, ``updated_at``, ``deleted.field``), so ``check`` can
+    report the full key path.
+    """
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
