@@ -1,0 +1,323 @@
+"""The `crmsync` command line: check, plan, sync, log, schema."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+from crmsync.config.models import Config
+from crmsync.errors import ConfigError, CrmsyncError
+from crmsync.model import RecordRef
+
+app = typer.Typer(
+    help="crmsync keeps records in step between a CRM and the applications around it.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+ConfigOpt = Annotated[Path, typer.Option("-c", "--config", help="config file", show_default=True)]
+LinkOpt = Annotated[str | None, typer.Option("--link", help="only this link")]
+
+
+def _redact(text: str) -> str:
+    from crmsync.config.secrets import redact
+
+    return redact(text)
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[red]error:[/red] {_redact(message)}", markup=True, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def _load(path: Path) -> Config:
+    from crmsync.config.loader import load_config
+
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        for loc, msg in exc.problems:
+            err.print(f"{loc}: {msg}", markup=False, soft_wrap=True)
+        err.print(f"{len(exc.problems)} problem(s) in the configuration", markup=False)
+        raise typer.Exit(2) from None
+
+
+@contextmanager
+def _engine(path: Path, *, readonly: bool = False) -> Iterator[Any]:
+    """Load config, connect systems and state, compile links; close all on exit."""
+    from crmsync.connectors import build_connectors
+    from crmsync.engine.runner import Engine
+    from crmsync.state.store import StateStore
+
+    config = _load(path)
+    connectors = build_connectors(config)
+    state = StateStore(config.state, readonly=readonly)
+    try:
+        state.migrate()
+        yield Engine(config, state, connectors)
+    finally:
+        state.close()
+        for c in connectors.values():
+            c.close()
+
+
+def _live_problems(config: Config, path: Path) -> list[tuple[str, str]]:
+    from crmsync.config.check import check_config
+    from crmsync.connectors import build_connectors
+
+    connectors = build_connectors(config)
+    try:
+        return check_config(config, connectors, str(path))
+    finally:
+        for c in connectors.values():
+            c.close()
+
+
+@app.command()
+def check(config: ConfigOpt = Path("crmsync.yaml")) -> None:
+    """Validate the config file and the live systems it names."""
+    cfg = _load(config)
+    problems = _live_problems(cfg, config)
+    if problems:
+        for loc, msg in problems:
+            err.print(f"{loc}: {_redact(msg)}", markup=False, soft_wrap=True)
+        err.print(f"{len(problems)} problem(s) found", markup=False)
+        raise typer.Exit(1)
+    t = Table(title=f"{config}: OK")
+    for col in ("link", "source", "target", "direction", "fields", "match", "filter"):
+        t.add_column(col)
+    for name, lc in cfg.links.items():
+        t.add_row(
+            name,
+            lc.source,
+            lc.target,
+            lc.direction.value,
+            str(len(lc.fields)),
+            ", ".join(f"{k}={v}" for k, v in lc.match.items()) or "-",
+            "yes" if lc.filter else "-",
+        )
+    out.print(t)
+
+
+def _refuse_if_invalid(config: Path) -> None:
+    cfg = _load(config)
+    problems = _live_problems(cfg, config)
+    if problems:
+        for loc, msg in problems:
+            err.print(f"{loc}: {_redact(msg)}", markup=False, soft_wrap=True)
+        raise _fail(f"{len(problems)} problem(s) found; nothing was run (see: crmsync check)")
+
+
+def _summary_table(title: str, reports: list[Any]) -> Table:
+    t = Table(title=title)
+    keys = (
+        "created",
+        "updated",
+        "unchanged",
+        "matched",
+        "conflicts",
+        "rejected",
+        "deleted",
+        "skipped",
+        "failed",
+    )
+    t.add_column("link")
+    t.add_column("run")
+    for k in keys:
+        t.add_column(k, justify="right")
+    t.add_column("status")
+    for r in reports:
+        s = r.summary()
+        status = r.status if not r.error else f"{r.status}: {_redact(r.error)}"
+        t.add_row(r.link, r.kind, *(str(s.get(k, 0)) for k in keys), status)
+    return t
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "∅"
+    return json.dumps(v, ensure_ascii=False) if not isinstance(v, str) else repr(v)
+
+
+def _field_lines(fields: list[dict[str, Any]], *, all_fields: bool = False) -> list[str]:
+    lines = []
+    for f in fields:
+        st = f["status"]
+        if st == "unchanged" and not all_fields:
+            continue
+        side = f" ({f['side']})" if f.get("side") == "source" else ""
+        if st in ("updated", "conflict"):
+            line = f"{f['field']}{side}: {st} {_fmt(f.get('old'))} -> {_fmt(f.get('new'))}"
+        else:
+            line = f"{f['field']}{side}: {st}"
+        if f.get("reason"):
+            line += f" — {f['reason']}"
+        lines.append(line)
+    return lines
+
+
+@app.command()
+def plan(
+    config: ConfigOpt = Path("crmsync.yaml"),
+    link: LinkOpt = None,
+    samples: Annotated[int, typer.Option(help="sample records per link")] = 5,
+) -> None:
+    """Dry run: what a sync would do. Writes nothing anywhere."""
+    _refuse_if_invalid(config)
+    with _engine(config, readonly=True) as engine:
+        try:
+            reports = engine.sync(link, dry_run=True, max_samples=samples)
+        except KeyError as exc:
+            raise _fail(str(exc.args[0])) from None
+    out.print(_summary_table("plan (dry run: nothing was written)", reports))
+    for r in reports:
+        if not r.samples:
+            continue
+        out.print(f"[bold]{r.link}[/bold]: sample changes", markup=True)
+        for o in r.samples:
+            head = (
+                f"  {o.action.value} source {o.source_id or '-'} -> target {o.target_id or 'new'}"
+            )
+            if o.message:
+                head += f": {o.message}"
+            out.print(head, markup=False, soft_wrap=True)
+            for line in _field_lines([f.to_json() for f in o.fields])[:8]:
+                out.print(f"      {line}", markup=False, soft_wrap=True)
+
+
+@app.command()
+def sync(
+    config: ConfigOpt = Path("crmsync.yaml"),
+    link: LinkOpt = None,
+    full: Annotated[bool, typer.Option("--full", help="rescan the whole source")] = False,
+) -> None:
+    """Run the links: the first run migrates, later runs are incremental."""
+    _refuse_if_invalid(config)
+    with _engine(config) as engine:
+        progress = Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            console=err,
+            transient=False,
+            disable=not err.is_terminal,
+        )
+        tasks: dict[tuple[str, str], tuple[Any, float]] = {}
+
+        def report(name: str, phase: str, done: int, total: int | None) -> None:
+            key = (name, phase)
+            if key not in tasks:
+                tasks[key] = (
+                    progress.add_task(f"{name}: {phase}", total=total, rate=""),
+                    time.monotonic(),
+                )
+            task_id, started = tasks[key]
+            elapsed = time.monotonic() - started
+            rate = f"{done / elapsed:,.0f} rec/s" if elapsed > 0 else ""
+            progress.update(task_id, completed=done, total=total, rate=rate)
+
+        engine.progress = report
+        with progress:
+            try:
+                reports = engine.sync(link, full=full)
+            except KeyError as exc:
+                raise _fail(str(exc.args[0])) from None
+    out.print(_summary_table("sync", reports))
+    if any(r.status == "error" for r in reports):
+        raise typer.Exit(1)
+    if any(r.status == "paused" for r in reports):
+        raise typer.Exit(3)
+
+
+@app.command()
+def log(
+    config: ConfigOpt = Path("crmsync.yaml"),
+    link: LinkOpt = None,
+    status: Annotated[
+        str | None,
+        typer.Option(help="ok, failed, rejected, conflict, skipped, or an action: created, ..."),
+    ] = None,
+    record: Annotated[str | None, typer.Option(help="SYSTEM.OBJECT:ID")] = None,
+    limit: Annotated[int, typer.Option(help="most recent N outcomes")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
+) -> None:
+    """The outcome of every record: per field updated (old -> new), conflict or rejected."""
+    from crmsync.state.store import StateStore
+
+    cfg = _load(config)
+    if record is not None:
+        try:
+            record = str(RecordRef.parse(record))
+        except ValueError as exc:
+            raise _fail(f"--record: {exc}", 2) from None
+    state = StateStore(cfg.state, readonly=True)
+    try:
+        rows = state.outcomes(link=link, status=status, record=record, limit=limit)
+    finally:
+        state.close()
+    if as_json:
+        for r in rows:
+            r["at"] = r["at"].isoformat()
+            out.print(json.dumps(r, ensure_ascii=False, default=str), markup=False, soft_wrap=True)
+        return
+    if not rows:
+        out.print("no outcomes match", markup=False)
+        return
+    t = Table(show_lines=True)
+    for col in ("at", "link", "record", "action", "status", "fields"):
+        t.add_column(col, overflow="fold")
+    for r in reversed(rows):
+        rec = " -> ".join(x for x in (r["source_ref"], r["target_ref"]) if x)
+        lines = _field_lines(r["fields"], all_fields=record is not None)
+        if r["message"]:
+            lines.insert(0, r["message"])
+        t.add_row(
+            r["at"].strftime("%Y-%m-%d %H:%M:%S"),
+            r["link"],
+            rec,
+            r["action"],
+            r["status"],
+            "\n".join(lines),
+        )
+    out.print(t)
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of the config file (for editors)."""
+    from crmsync.config.loader import config_schema
+
+    sys.stdout.write(json.dumps(config_schema(), indent=2) + "\n")
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        app()
+    except CrmsyncError as exc:
+        err.print(f"error: {_redact(str(exc))}", markup=False, soft_wrap=True)
+        sys.exit(1)

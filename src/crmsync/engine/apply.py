@@ -1,0 +1,501 @@
+"""Apply: turn a batch of changed records into target writes and one state commit.
+
+Order of effects for a batch, and why a crash between any two is harmless:
+
+1. read both sides and the state (nothing written);
+2. write the target (and the source for backward fields) in batches;
+3. commit identities + shadows, outcomes, finished messages and, during a
+   migration, the scan position — in ONE state transaction.
+
+A crash after 2 and before 3 leaves the messages (or the scan position)
+where they were, so the batch runs again: updates rewrite the same values
+(the merge then finds both sides equal), and creates are found again by the
+link's match keys instead of being made twice.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from crmsync.connectors.base import Connector
+from crmsync.engine.convert import to_json
+from crmsync.engine.link import CompiledLink
+from crmsync.engine.merge import create_values, merge
+from crmsync.model import (
+    Action,
+    FieldOutcome,
+    FieldStatus,
+    Outcome,
+    Record,
+    Side,
+)
+from crmsync.state.store import Identity, StateStore, dumps, utcnow
+
+
+@dataclass(slots=True)
+class WorkItem:
+    side: Side
+    record_id: str
+    message_id: int | None = None
+
+
+@dataclass(slots=True)
+class BatchResult:
+    counts: Counter[str] = field(default_factory=Counter)
+    outcomes: list[Outcome] = field(default_factory=list)
+    # message ids whose record failed, with the reason
+    failed_messages: dict[int, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A decided record waiting for the write results."""
+
+    source_id: str
+    target_id: str | None
+    outcome: Outcome
+    shadow: dict[str, Any] | None
+    source_version: str | None
+    target_version: str | None
+    deleted: bool = False
+    create_index: int | None = None
+    target_write: bool = False
+    source_write: bool = False
+    save_identity: bool = True
+
+
+def _v(version: Any) -> str | None:
+    return None if version is None else str(version)
+
+
+class Applier:
+    """Applies batches for one link; one instance per run."""
+
+    def __init__(
+        self,
+        link: CompiledLink,
+        state: StateStore,
+        source: Connector,
+        target: Connector,
+        *,
+        source_system: str,
+        target_system: str,
+        run_id: int | None,
+        dry_run: bool = False,
+    ) -> None:
+        self.link = link
+        self.state = state
+        self.source = source
+        self.target = target
+        self.sobj = link.config.source_object
+        self.tobj = link.config.target_object
+        self.sprefix = f"{source_system}.{self.sobj}:"
+        self.tprefix = f"{target_system}.{self.tobj}:"
+        self.run_id = run_id
+        self.dry_run = dry_run
+
+    # ------------------------------------------------------------------
+    def apply(
+        self,
+        items: list[WorkItem],
+        *,
+        pre_read: dict[str, Record] | None = None,
+        on_commit: Callable[[sa.Connection], None] | None = None,
+        failures_to_queue: bool = False,
+    ) -> BatchResult:
+        """Apply ``items``; ``pre_read`` holds source records already read (a scan page).
+
+        ``on_commit`` runs inside the state transaction (to advance a scan
+        position with the results). With ``failures_to_queue`` records whose
+        write failed become queue messages, so a migration's failures are
+        retried and listed like any other.
+        """
+        link = self.link
+        res = BatchResult()
+        name = link.name
+        src_ids: list[str] = list(
+            dict.fromkeys(i.record_id for i in items if i.side is Side.SOURCE)
+        )
+        tgt_ids: list[str] = list(
+            dict.fromkeys(i.record_id for i in items if i.side is Side.TARGET)
+        )
+
+        with self.state.connect() as c:
+            ident_s = self.state.identities_by_source(c, name, src_ids) if src_ids else {}
+            ident_t = self.state.identities_by_target(c, name, tgt_ids) if tgt_ids else {}
+
+        pairs: dict[str, Identity | None] = {sid: ident_s.get(sid) for sid in src_ids}
+        # which pair each message belongs to (a failed pair fails its messages)
+        msg_pair: dict[int, str] = {}
+        for it in items:
+            if it.side is Side.SOURCE:
+                if it.message_id is not None:
+                    msg_pair[it.message_id] = it.record_id
+                continue
+            ident = ident_t.get(it.record_id)
+            if ident is None:
+                # A target record crmsync never paired: nothing flows back from it.
+                res.counts["unpaired"] += 1
+                continue
+            pairs.setdefault(ident.source_id, ident)
+            if it.message_id is not None:
+                msg_pair[it.message_id] = ident.source_id
+
+        records: dict[str, Record] = dict(pre_read) if pre_read else {}
+        need = [sid for sid in pairs if sid not in records]
+        if need:
+            records.update(self.source.read(self.sobj, need))
+
+        new_ids = [
+            sid
+            for sid, ident in pairs.items()
+            if ident is None
+            and sid in records
+            and not link.is_deleted(records[sid].values)
+            and link.accepts(records[sid].values)
+        ]
+        matched, ambiguous = self._match(new_ids, records) if link.matches else ({}, {})
+
+        tids = [i.target_id for i in pairs.values() if i is not None and i.target_id]
+        tids.extend(matched.values())
+        targets = self.target.read(self.tobj, tids) if tids else {}
+
+        decided: list[_Pending] = []
+        creates: list[dict[str, Any]] = []
+        t_updates: list[tuple[str, dict[str, Any]]] = []
+        t_deletes: list[str] = []
+        s_updates: list[tuple[str, dict[str, Any]]] = []
+
+        for sid, ident in pairs.items():
+            rec = records.get(sid)
+            if rec is None or link.is_deleted(rec.values):
+                self._decide_delete(sid, ident, rec, res, decided, t_updates, t_deletes)
+                continue
+            if not link.accepts(rec.values):
+                res.counts["filtered"] += 1
+                continue
+            if ident is None:
+                tid = matched.get(sid)
+                if tid is None:
+                    if sid in ambiguous:
+                        out = Outcome(name, sid, None, Action.REJECTED, message=ambiguous[sid])
+                        decided.append(
+                            _Pending(sid, None, out, None, None, None, save_identity=False)
+                        )
+                        continue
+                    if not link.config.create:
+                        res.counts["skipped"] += 1
+                        continue
+                    values, shadow, fouts = create_values(link.plans, rec.values)
+                    err = self._add_match_values(values, rec.values)
+                    if err:
+                        out = Outcome(name, sid, None, Action.REJECTED, fouts, message=err)
+                        decided.append(
+                            _Pending(sid, None, out, None, None, None, save_identity=False)
+                        )
+                        continue
+                    out = Outcome(name, sid, None, Action.CREATED, fouts)
+                    decided.append(
+                        _Pending(
+                            sid, None, out, shadow, _v(rec.version), None, create_index=len(creates)
+                        )
+                    )
+                    creates.append(values)
+                    continue
+                trec = targets.get(tid)
+                if trec is None:  # matched a moment ago, gone now: try again later
+                    res.counts["skipped"] += 1
+                    continue
+                base: dict[str, Any] | None = None
+                first = True
+            else:
+                tid = ident.target_id
+                trec = targets.get(tid) if tid else None
+                if trec is None:
+                    out = Outcome(
+                        name,
+                        sid,
+                        tid,
+                        Action.SKIPPED,
+                        message="the target record no longer exists; not re-created",
+                    )
+                    decided.append(_Pending(sid, tid, out, None, None, None, save_identity=False))
+                    continue
+                base = ident.shadow
+                first = False
+            newer = _newer(rec.version, trec.version)
+            m = merge(link.plans, rec.values, trec.values, base, link.policy, newer)
+            wrote = bool(m.target_updates or m.source_updates)
+            action = Action.UPDATED if wrote else (Action.MATCHED if first else Action.UNCHANGED)
+            out = Outcome(name, sid, tid, action, m.fields, matched=first)
+            p = _Pending(sid, tid, out, m.shadow, _v(rec.version), _v(trec.version))
+            if m.target_updates:
+                t_updates.append((tid, m.target_updates))  # type: ignore[arg-type]
+                p.target_write = True
+            if m.source_updates:
+                s_updates.append((sid, m.source_updates))
+                p.source_write = True
+            if not wrote and not first and ident is not None:
+                # Quiet pass: touch state only if the shadow or versions moved.
+                p.save_identity = (
+                    m.shadow != ident.shadow
+                    or p.source_version != ident.source_version
+                    or p.target_version != ident.target_version
+                    or ident.deleted
+                )
+            decided.append(p)
+
+        # -- writes ------------------------------------------------------
+        t_errors: dict[str, str] = {}
+        s_errors: dict[str, str] = {}
+        created: list[str | None] = []
+        if self.dry_run:
+            created = [None] * len(creates)
+        else:
+            if creates or t_updates or t_deletes:
+                wr = self.target.write(self.tobj, creates, t_updates, t_deletes)
+                created, t_errors = wr.created, wr.errors
+            if s_updates:
+                ws = self.source.write(self.sobj, (), s_updates, ())
+                s_errors = ws.errors
+
+        # -- results -------------------------------------------------------
+        identity_rows: list[dict[str, Any]] = []
+        outcome_rows: list[dict[str, Any]] = []
+        failed_pairs: dict[str, str] = {}
+        now = utcnow()
+        for p in decided:
+            out = p.outcome
+            err: str | None = None
+            if p.create_index is not None:
+                new_id = created[p.create_index] if p.create_index < len(created) else None
+                if new_id is None and not self.dry_run:
+                    err = t_errors.get(f"create:{p.create_index}", "create failed")
+                else:
+                    p.target_id = out.target_id = new_id
+            elif p.target_write or p.deleted:
+                err = t_errors.get(p.target_id or "")
+            if err is None and p.source_write:
+                err = s_errors.get(p.source_id)
+            if err is not None:
+                out.action = Action.FAILED
+                out.message = err
+                failed_pairs[p.source_id] = err
+                p.save_identity = False
+            res.outcomes.append(out)
+            _count(res.counts, out)
+            if p.save_identity and p.shadow is not None and not self.dry_run:
+                identity_rows.append(
+                    {
+                        "source_id": p.source_id,
+                        "target_id": p.target_id,
+                        "shadow": p.shadow,
+                        "source_version": p.source_version,
+                        "target_version": p.target_version,
+                        "deleted": p.deleted,
+                    }
+                )
+            if out.action is not Action.UNCHANGED:
+                outcome_rows.append(self._outcome_row(out, now))
+
+        for mid, sid in msg_pair.items():
+            if sid in failed_pairs:
+                res.failed_messages[mid] = failed_pairs[sid]
+        if self.dry_run:
+            return res
+        done = [
+            it.message_id
+            for it in items
+            if it.message_id is not None and it.message_id not in res.failed_messages
+        ]
+        with self.state.begin() as c:
+            self.state.save_identities(c, name, identity_rows)
+            self.state.add_outcomes(c, outcome_rows)
+            if done:
+                self.state.finish_messages(c, done)
+            if failures_to_queue:
+                for sid, err in failed_pairs.items():
+                    self.state.add_failed(
+                        c, name, Side.SOURCE.value, sid, err, max_attempts=5, available_at=now
+                    )
+            if on_commit is not None:
+                on_commit(c)
+        return res
+
+    # ------------------------------------------------------------------
+    def _decide_delete(
+        self,
+        sid: str,
+        ident: Identity | None,
+        rec: Record | None,
+        res: BatchResult,
+        decided: list[_Pending],
+        t_updates: list[tuple[str, dict[str, Any]]],
+        t_deletes: list[str],
+    ) -> None:
+        link = self.link
+        if ident is None or ident.deleted or not ident.target_id:
+            res.counts["skipped"] += 1
+            return
+        tid = ident.target_id
+        version = _v(rec.version) if rec is not None else ident.source_version
+        if link.on_delete == "ignore":
+            out = Outcome(
+                link.name,
+                sid,
+                tid,
+                Action.SKIPPED,
+                message="deleted at the source; on_delete is ignore",
+            )
+            decided.append(
+                _Pending(sid, tid, out, ident.shadow, version, ident.target_version, deleted=True)
+            )
+            return
+        if link.on_delete == "delete":
+            t_deletes.append(tid)
+            out = Outcome(
+                link.name,
+                sid,
+                tid,
+                Action.DELETED,
+                message="deleted at the source; deleted in the target",
+            )
+            decided.append(_Pending(sid, tid, out, ident.shadow, version, None, deleted=True))
+            return
+        values = dict(link.delete_values)
+        t_updates.append((tid, values))
+        shadow = dict(ident.shadow)
+        fouts = []
+        for k, v in values.items():
+            shadow[k] = to_json(v)
+            fouts.append(
+                FieldOutcome(k, FieldStatus.UPDATED, "target", ident.shadow.get(k), shadow[k])
+            )
+        out = Outcome(
+            link.name,
+            sid,
+            tid,
+            Action.DELETED,
+            fouts,
+            message="deleted at the source; soft-deleted in the target",
+        )
+        decided.append(
+            _Pending(
+                sid,
+                tid,
+                out,
+                shadow,
+                version,
+                ident.target_version,
+                deleted=True,
+                target_write=True,
+            )
+        )
+
+    def _add_match_values(self, values: dict[str, Any], src: dict[str, Any]) -> str | None:
+        """New records carry their match key, so a retried create is found, not repeated."""
+        for mp in self.link.matches:
+            if mp.target in values:
+                continue
+            try:
+                values[mp.target] = mp.forward(src.get(mp.source))
+            except ValueError as exc:
+                return f"match field {mp.source}: {exc}"
+        return None
+
+    def _match(
+        self, new_ids: list[str], records: dict[str, Record]
+    ) -> tuple[dict[str, str], dict[str, str]]:
+        """Pair new source records with existing target records by the match keys."""
+        if not new_ids:
+            return {}, {}
+        mps = self.link.matches
+        keys: dict[str, tuple[Any, ...]] = {}
+        first_values: list[Any] = []
+        for sid in new_ids:
+            vals = records[sid].values
+            try:
+                conv = [mp.forward(vals.get(mp.source)) for mp in mps]
+            except ValueError:
+                continue
+            if any(v is None or v == "" for v in conv):
+                continue  # an empty key matches nothing
+            keys[sid] = tuple(mp.canon(v) for mp, v in zip(mps, conv, strict=True))
+            first_values.append(conv[0])
+        if not keys:
+            return {}, {}
+        found = self.target.find(self.tobj, mps[0].target, list(dict.fromkeys(first_values)))
+        by_key: dict[tuple[Any, ...], list[str]] = {}
+        for r in found:
+            k = tuple(mp.canon(r.values.get(mp.target)) for mp in mps)
+            by_key.setdefault(k, []).append(r.id)
+        candidates = list({tid for ids in by_key.values() for tid in ids})
+        with self.state.connect() as c:
+            taken = set(self.state.identities_by_target(c, self.link.name, candidates))
+        matched: dict[str, str] = {}
+        ambiguous: dict[str, str] = {}
+        claimed: set[str] = set()
+        for sid, k in keys.items():
+            free = [t for t in by_key.get(k, []) if t not in taken]
+            if len(free) > 1:
+                ambiguous[sid] = f"ambiguous match: {len(free)} target records have " + ", ".join(
+                    f"{mp.target}={v!r}" for mp, v in zip(mps, k, strict=True)
+                )
+            elif free:
+                if free[0] in claimed:
+                    ambiguous[sid] = f"another source record in this batch matched target {free[0]}"
+                else:
+                    matched[sid] = free[0]
+                    claimed.add(free[0])
+            elif by_key.get(k):
+                ambiguous[sid] = "the matching target record is already paired with another record"
+        return matched, ambiguous
+
+    def _outcome_row(self, out: Outcome, now: Any) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "link": out.link,
+            "source_ref": self.sprefix + out.source_id if out.source_id else None,
+            "target_ref": self.tprefix + out.target_id if out.target_id else None,
+            "action": out.action.value,
+            "status": outcome_status(out),
+            "fields": dumps([f.to_json() for f in out.fields]),
+            "message": out.message,
+            "at": now,
+        }
+
+
+def _newer(a: Any, b: Any) -> bool | None:
+    if a is None or b is None:
+        return None
+    try:
+        return bool(a > b)
+    except TypeError:
+        return None
+
+
+def outcome_status(out: Outcome) -> str:
+    if out.action is Action.FAILED:
+        return "failed"
+    if out.action is Action.REJECTED or out.rejected:
+        return "rejected"
+    if out.conflicts:
+        return "conflict"
+    if out.action is Action.SKIPPED:
+        return "skipped"
+    return "ok"
+
+
+def _count(counts: Counter[str], out: Outcome) -> None:
+    counts[out.action.value] += 1
+    if out.matched and out.action is not Action.MATCHED:
+        counts["matched"] += 1
+    if out.conflicts:
+        counts["conflicts"] += 1
+    if out.rejected and out.action is not Action.REJECTED:
+        counts["rejected"] += 1

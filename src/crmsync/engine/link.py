@@ -1,0 +1,144 @@
+"""A link compiled against the live object descriptions: everything apply needs, precomputed."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from crmsync.config.models import (
+    ConflictPolicy,
+    Direction,
+    LinkConfig,
+    Mapping,
+    ObjectConfig,
+    SetAction,
+)
+from crmsync.engine.convert import converter, to_json, value_mapper
+from crmsync.engine.filters import compile_criteria
+from crmsync.engine.merge import FieldPlan
+from crmsync.model import FieldSpec, ObjectSpec
+
+
+@dataclass(slots=True)
+class MatchPlan:
+    source: str
+    target: str
+    # source value -> canonical target-typed value, to compare with target values
+    forward: Callable[[Any], Any]
+    canon: Callable[[Any], Any]
+
+
+@dataclass(slots=True)
+class CompiledLink:
+    name: str
+    config: LinkConfig
+    source_spec: ObjectSpec
+    target_spec: ObjectSpec
+    plans: list[FieldPlan]
+    # plans whose values flow to the target / to the source
+    matches: list[MatchPlan]
+    accepts: Callable[[dict[str, Any]], bool]
+    is_deleted: Callable[[dict[str, Any]], bool]
+    target_is_deleted: Callable[[dict[str, Any]], bool]
+    on_delete: str  # "ignore" | "set" | "delete"
+    delete_values: dict[str, Any]
+    policy: ConflictPolicy
+    batch_size: int
+
+    @property
+    def reads_target(self) -> bool:
+        return self.config.reads_target
+
+
+def _deleted_test(obj: ObjectConfig | None) -> Callable[[dict[str, Any]], bool]:
+    if obj is None or obj.deleted is None:
+        return lambda values: False
+    field, marker = obj.deleted.field, obj.deleted.value
+    smarker = str(marker)
+
+    def test(values: dict[str, Any]) -> bool:
+        v = values.get(field)
+        return v == marker or (v is not None and str(v) == smarker)
+
+    return test
+
+
+def _with_default(fn: Callable[[Any], Any], default: Any) -> Callable[[Any], Any]:
+    if default is None:
+        return fn
+
+    def f(v: Any) -> Any:
+        if v is None or v == "":
+            v = default
+        return fn(v)
+
+    return f
+
+
+def _chain(first: Callable[[Any], Any] | None, then: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    if first is None:
+        return then
+    return lambda v: then(first(v))
+
+
+def _plan(m: Mapping, link: LinkConfig, src: FieldSpec, dst: FieldSpec) -> FieldPlan:
+    direction = link.mapping_direction(m)
+    if m.values:
+        fwd = _chain(value_mapper(m.values, backward=False), converter(None, dst))
+        bwd = _chain(value_mapper(m.values, backward=True), converter(None, src))
+    else:
+        fwd = converter(src, dst)
+        bwd = converter(dst, src)
+    return FieldPlan(
+        key=m.target,
+        source=m.source,
+        target=m.target,
+        direction=Direction(direction),
+        forward=_with_default(fwd, m.default),
+        backward=bwd,
+        canon=to_json,
+        source_canon=to_json,
+    )
+
+
+def compile_link(
+    name: str,
+    link: LinkConfig,
+    source_spec: ObjectSpec,
+    target_spec: ObjectSpec,
+    source_obj: ObjectConfig | None = None,
+    target_obj: ObjectConfig | None = None,
+) -> CompiledLink:
+    """Precompute converters, the filter and delete handling (``check`` has validated names)."""
+    plans = [
+        _plan(m, link, source_spec.fields[m.source], target_spec.fields[m.target])
+        for m in link.fields
+    ]
+    matches = [
+        MatchPlan(s, t, converter(source_spec.fields[s], target_spec.fields[t]), to_json)
+        for s, t in link.match.items()
+    ]
+    if isinstance(link.on_delete, SetAction):
+        on_delete = "set"
+        delete_values = {
+            f: converter(None, target_spec.fields[f])(v) for f, v in link.on_delete.set.items()
+        }
+    else:
+        on_delete = link.on_delete
+        delete_values = {}
+    return CompiledLink(
+        name=name,
+        config=link,
+        source_spec=source_spec,
+        target_spec=target_spec,
+        plans=plans,
+        matches=matches,
+        accepts=compile_criteria(link.filter, source_spec),
+        is_deleted=_deleted_test(source_obj),
+        target_is_deleted=_deleted_test(target_obj),
+        on_delete=on_delete,
+        delete_values=delete_values,
+        policy=link.conflict,
+        batch_size=link.batch_size,
+    )

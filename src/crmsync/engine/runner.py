@@ -1,0 +1,386 @@
+"""A run of a link: migrate (first run or --full), capture changes, drain the queue.
+
+capture -> queue -> apply:
+
+* The first run of a link is its initial migration: the source is scanned in
+  key order, page by page; each page is applied and its position committed
+  with the identities it produced, so a killed run resumes at the page it was
+  in. Before the scan starts the incremental cursor is placed at the current
+  high-water mark, so nothing changed during the scan is missed.
+* Later runs capture: each page of changes since the cursor is queued in the
+  same state transaction that advances the cursor. Rows already applied at
+  the same version (a lookback overlap, a re-read tie) are not queued again.
+* Draining claims due messages (one per record), applies them, and finishes
+  them in the apply's transaction.
+
+A dry run (``plan``) does the same reads and decisions and writes nothing,
+neither to the systems nor to the state database.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from crmsync.config.models import Config
+from crmsync.connectors.base import Connector
+from crmsync.engine.apply import Applier, WorkItem
+from crmsync.engine.link import CompiledLink, compile_link
+from crmsync.engine.retry import RetryPolicy
+from crmsync.errors import SystemUnavailable
+from crmsync.model import Action, Outcome, Side
+from crmsync.state.store import StateStore, utcnow
+
+# progress(link, phase, done, total)
+Progress = Callable[[str, str, int, int | None], None]
+
+_COUNT_KEYS = (
+    "created",
+    "updated",
+    "unchanged",
+    "matched",
+    "conflicts",
+    "rejected",
+    "deleted",
+    "skipped",
+    "filtered",
+    "failed",
+)
+
+
+@dataclass(slots=True)
+class LinkReport:
+    link: str
+    kind: str
+    status: str = "ok"
+    counts: Counter[str] = field(default_factory=Counter)
+    samples: list[Outcome] = field(default_factory=list)
+    error: str | None = None
+
+    def add(self, counts: Counter[str], outcomes: Iterable[Outcome], max_samples: int) -> None:
+        self.counts.update(counts)
+        if len(self.samples) < max_samples:
+            for o in outcomes:
+                if o.action is not Action.UNCHANGED and len(self.samples) < max_samples:
+                    self.samples.append(o)
+
+    def summary(self) -> dict[str, int]:
+        return {k: self.counts.get(k, 0) for k in _COUNT_KEYS} | {
+            k: v for k, v in self.counts.items() if k not in _COUNT_KEYS
+        }
+
+
+class Engine:
+    """Runs links of one configuration against live connectors and a state store."""
+
+    def __init__(
+        self,
+        config: Config,
+        state: StateStore,
+        connectors: dict[str, Connector],
+        *,
+        retry: RetryPolicy | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        self.config = config
+        self.state = state
+        self.connectors = connectors
+        self.retry = retry or RetryPolicy()
+        self.progress = progress or (lambda *a: None)
+        self._compiled: dict[str, CompiledLink] = {}
+
+    def compiled(self, name: str) -> CompiledLink:
+        if name not in self._compiled:
+            lc = self.config.links[name]
+            ssys, tsys = (
+                self.config.systems[lc.source_system],
+                self.config.systems[lc.target_system],
+            )
+            self._compiled[name] = compile_link(
+                name,
+                lc,
+                self.connectors[lc.source_system].describe(lc.source_object),
+                self.connectors[lc.target_system].describe(lc.target_object),
+                ssys.objects.get(lc.source_object),
+                tsys.objects.get(lc.target_object),
+            )
+        return self._compiled[name]
+
+    def link_names(self, only: str | None = None) -> list[str]:
+        if only is not None:
+            if only not in self.config.links:
+                raise KeyError(f"no link named {only!r} (links: {', '.join(self.config.links)})")
+            return [only]
+        return [n for n, lc in self.config.links.items() if lc.enabled]
+
+    # ------------------------------------------------------------------
+    def sync(
+        self,
+        only: str | None = None,
+        *,
+        full: bool = False,
+        dry_run: bool = False,
+        max_samples: int = 5,
+    ) -> list[LinkReport]:
+        reports = []
+        for name in self.link_names(only):
+            reports.append(
+                self.sync_link(name, full=full, dry_run=dry_run, max_samples=max_samples)
+            )
+        return reports
+
+    def sync_link(
+        self, name: str, *, full: bool = False, dry_run: bool = False, max_samples: int = 5
+    ) -> LinkReport:
+        link = self.compiled(name)
+        lc = link.config
+        src, tgt = self.connectors[lc.source_system], self.connectors[lc.target_system]
+        with self.state.connect() as c:
+            mig = self.state.get_cursor(c, name, Side.SOURCE.value, "migration")
+        migrating = full or not (mig and mig.get("done"))
+        kind = "migration" if migrating and not full else ("full" if full else "incremental")
+        report = LinkReport(name, kind)
+        run_id = None if dry_run else self.state.start_run(name, kind)
+        applier = Applier(
+            link,
+            self.state,
+            src,
+            tgt,
+            source_system=lc.source_system,
+            target_system=lc.target_system,
+            run_id=run_id,
+            dry_run=dry_run,
+        )
+        try:
+            if migrating:
+                self._migrate(link, src, tgt, applier, report, full, dry_run, max_samples)
+            if dry_run:
+                if not migrating:
+                    self._plan_changes(link, src, tgt, applier, report, max_samples)
+            else:
+                self._capture(link, src, Side.SOURCE, report)
+                if link.reads_target:
+                    self._capture(link, tgt, Side.TARGET, report)
+                self._drain(link, applier, report, max_samples)
+        except SystemUnavailable as exc:
+            report.status = "paused"
+            report.error = exc.user_message
+        except Exception as exc:
+            report.status = "error"
+            report.error = f"{type(exc).__name__}: {exc}"
+            if run_id is not None:
+                self.state.finish_run(run_id, report.status, report.summary(), report.error)
+            raise
+        if run_id is not None:
+            self.state.finish_run(run_id, report.status, report.summary(), report.error)
+        return report
+
+    # ------------------------------------------------------------------
+    def _migrate(
+        self,
+        link: CompiledLink,
+        src: Connector,
+        tgt: Connector,
+        applier: Applier,
+        report: LinkReport,
+        full: bool,
+        dry_run: bool,
+        max_samples: int,
+    ) -> None:
+        name, sobj = link.name, link.config.source_object
+        with self.state.connect() as c:
+            mig = self.state.get_cursor(c, name, Side.SOURCE.value, "migration")
+        if full or not mig:
+            mig = {"after": None, "done": False}
+            if not dry_run:
+                # Position the incremental cursors before the scan reads anything.
+                with self.state.begin() as c:
+                    for side, conn, obj in self._capture_sides(link, src, tgt):
+                        if (
+                            full
+                            or self.state.get_cursor(c, name, side.value, "incremental") is None
+                        ):
+                            self.state.set_cursor(
+                                c,
+                                name,
+                                side.value,
+                                "incremental",
+                                {"cursor": conn.start_cursor(obj)},
+                            )
+                    self.state.set_cursor(c, name, Side.SOURCE.value, "migration", mig)
+        after = mig.get("after")
+        done = 0
+        batch = link.batch_size
+        while True:
+            page = src.scan(sobj, after, batch)
+            if not page:
+                break
+            last = page[-1].id
+            items = [WorkItem(Side.SOURCE, r.id) for r in page]
+            pre = {r.id: r for r in page}
+
+            def commit(c: Any, last: str = last) -> None:
+                self.state.set_cursor(
+                    c, name, Side.SOURCE.value, "migration", {"after": last, "done": False}
+                )
+
+            res = applier.apply(
+                items,
+                pre_read=pre,
+                on_commit=None if dry_run else commit,
+                failures_to_queue=True,
+            )
+            report.add(res.counts, res.outcomes, max_samples)
+            done += len(page)
+            self.progress(name, "migrate", done, None)
+            after = last
+            if len(page) < batch:
+                break
+        if not dry_run:
+            with self.state.begin() as c:
+                self.state.set_cursor(
+                    c, name, Side.SOURCE.value, "migration", {"after": after, "done": True}
+                )
+
+    @staticmethod
+    def _capture_sides(
+        link: CompiledLink, src: Connector, tgt: Connector
+    ) -> list[tuple[Side, Connector, str]]:
+        sides = [(Side.SOURCE, src, link.config.source_object)]
+        if link.reads_target:
+            sides.append((Side.TARGET, tgt, link.config.target_object))
+        return sides
+
+    def _lookback(self, link: CompiledLink, side: Side) -> float:
+        lc = link.config
+        sysname = lc.source_system if side is Side.SOURCE else lc.target_system
+        objname = lc.source_object if side is Side.SOURCE else lc.target_object
+        obj = self.config.systems[sysname].objects.get(objname)
+        return obj.lookback if obj else 0.0
+
+    def _capture(self, link: CompiledLink, conn: Connector, side: Side, report: LinkReport) -> None:
+        name = link.name
+        obj = link.config.source_object if side is Side.SOURCE else link.config.target_object
+        lookback = self._lookback(link, side)
+        with self.state.connect() as c:
+            saved = self.state.get_cursor(c, name, side.value, "incremental")
+        cursor = saved.get("cursor") if saved else None
+        captured = 0
+        while True:
+            page = conn.read_changes(
+                obj, cursor, link.batch_size, lookback if captured == 0 else 0.0
+            )
+            recs = page.records
+            with self.state.begin() as c:
+                seen = self.state.versions_by_source(c, name, [r.id for r in recs], side.value)
+                fresh = [
+                    (r.id, "upsert", None if r.version is None else str(r.version))
+                    for r in recs
+                    if r.id not in seen
+                    or seen[r.id] != (None if r.version is None else str(r.version))
+                ]
+                self.state.enqueue(c, name, side.value, fresh)
+                if page.cursor is not None:
+                    self.state.set_cursor(
+                        c, name, side.value, "incremental", {"cursor": page.cursor}
+                    )
+            captured += len(fresh)
+            cursor = page.cursor if page.cursor is not None else cursor
+            if not page.more:
+                break
+        report.counts["captured"] += captured
+
+    def _drain(
+        self, link: CompiledLink, applier: Applier, report: LinkReport, max_samples: int
+    ) -> None:
+        name = link.name
+        with self.state.begin() as c:
+            # This process is the only worker of a CLI run: anything left
+            # running was left by a killed run.
+            self.state.recover_running(c, name)
+        done = 0
+        while True:
+            with self.state.begin() as c:
+                msgs = self.state.claim(c, name, link.batch_size)
+            if not msgs:
+                break
+            items = [WorkItem(Side(m.side), m.record_id, m.id) for m in msgs]
+            try:
+                res = applier.apply(items)
+            except SystemUnavailable:
+                # Unreachable: wait without spending attempts; the run pauses.
+                with self.state.begin() as c:
+                    self.state.release_messages(
+                        c,
+                        [m.id for m in msgs],
+                        available_at=utcnow() + timedelta(seconds=self.retry.initial),
+                        error="system unreachable",
+                        spend_attempt=False,
+                        max_attempts=self.retry.max_attempts,
+                    )
+                raise
+            except Exception as exc:
+                with self.state.begin() as c:
+                    self.state.release_messages(
+                        c,
+                        [m.id for m in msgs],
+                        available_at=utcnow() + timedelta(seconds=self.retry.delay(1)),
+                        error=f"{type(exc).__name__}: {exc}",
+                        spend_attempt=True,
+                        max_attempts=self.retry.max_attempts,
+                    )
+                raise
+            if res.failed_messages:
+                by_msg = {m.id: m for m in msgs}
+                with self.state.begin() as c:
+                    for mid, err in res.failed_messages.items():
+                        attempt = by_msg[mid].attempts + 1
+                        report.counts["message_failed"] += self.state.release_messages(
+                            c,
+                            [mid],
+                            available_at=utcnow() + timedelta(seconds=self.retry.delay(attempt)),
+                            error=err,
+                            spend_attempt=True,
+                            max_attempts=self.retry.max_attempts,
+                        )
+            report.add(res.counts, res.outcomes, max_samples)
+            done += len(msgs)
+            self.progress(name, "apply", done, None)
+
+    def _plan_changes(
+        self,
+        link: CompiledLink,
+        src: Connector,
+        tgt: Connector,
+        applier: Applier,
+        report: LinkReport,
+        max_samples: int,
+    ) -> None:
+        """Dry run of an incremental pass: waiting messages plus changes since the cursors."""
+        name = link.name
+        for side, conn, obj in self._capture_sides(link, src, tgt):
+            with self.state.connect() as c:
+                ids = dict.fromkeys(self.state.pending_ids(c, name, side.value))
+                saved = self.state.get_cursor(c, name, side.value, "incremental")
+            cursor = saved.get("cursor") if saved else None
+            while True:
+                page = conn.read_changes(obj, cursor, link.batch_size, 0.0)
+                with self.state.connect() as c:
+                    seen = self.state.versions_by_source(
+                        c, name, [r.id for r in page.records], side.value
+                    )
+                for r in page.records:
+                    v = None if r.version is None else str(r.version)
+                    if r.id not in seen or seen[r.id] != v:
+                        ids[r.id] = None
+                cursor = page.cursor if page.cursor is not None else cursor
+                if not page.more:
+                    break
+            report.counts["captured"] += len(ids)
+            keys = list(ids)
+            for i in range(0, len(keys), link.batch_size):
+                res = applier.apply([WorkItem(side, k) for k in keys[i : i + link.batch_size]])
+                report.add(res.counts, res.outcomes, max_samples)

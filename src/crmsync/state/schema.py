@@ -1,0 +1,123 @@
+"""The engine's own tables (SQLAlchemy Core), versioned.
+
+Every change to these tables is a new numbered step in ``MIGRATIONS``; the
+database records the step it is at in ``crmsync_meta``. Steps are plain
+functions over a connection so they run the same on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+meta = sa.Table(
+    "crmsync_meta",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+
+# Capture positions per link and side: ``incremental`` (the connector's
+# cursor) and ``migration`` (the last key of an initial/full scan).
+cursors = sa.Table(
+    "crmsync_cursors",
+    metadata,
+    sa.Column("link", sa.String(128), primary_key=True),
+    sa.Column("side", sa.String(16), primary_key=True),
+    sa.Column("kind", sa.String(16), primary_key=True),
+    sa.Column("value", sa.Text, nullable=True),
+    sa.Column("updated_at", sa.DateTime, nullable=False),
+)
+
+# The durable queue. A message names a changed record; apply reads the record's
+# current values, so newer changes to a waiting record collapse into one
+# pending row (partial unique index) and order per record is kept.
+messages = sa.Table(
+    "crmsync_messages",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("link", sa.String(128), nullable=False),
+    sa.Column("side", sa.String(16), nullable=False),
+    sa.Column("record_id", sa.String(255), nullable=False),
+    sa.Column("op", sa.String(16), nullable=False),
+    sa.Column("version", sa.Text, nullable=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("available_at", sa.DateTime, nullable=False),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Column("updated_at", sa.DateTime, nullable=False),
+    sa.Column("last_error", sa.Text, nullable=True),
+)
+sa.Index(
+    "crmsync_messages_one_pending",
+    messages.c.link,
+    messages.c.side,
+    messages.c.record_id,
+    unique=True,
+    sqlite_where=messages.c.status == "pending",
+    postgresql_where=messages.c.status == "pending",
+)
+sa.Index("crmsync_messages_claim", messages.c.status, messages.c.link, messages.c.id)
+
+# Identity map plus shadow: which source record is which target record, and
+# the values both sides had at the last successful sync (JSON, target form).
+identities = sa.Table(
+    "crmsync_identities",
+    metadata,
+    sa.Column("link", sa.String(128), primary_key=True),
+    sa.Column("source_id", sa.String(255), primary_key=True),
+    sa.Column("target_id", sa.String(255), nullable=True),
+    sa.Column("shadow", sa.Text, nullable=False),
+    sa.Column("source_version", sa.Text, nullable=True),
+    sa.Column("target_version", sa.Text, nullable=True),
+    sa.Column("deleted", sa.Boolean, nullable=False, default=False),
+    sa.Column("updated_at", sa.DateTime, nullable=False),
+)
+sa.Index("crmsync_identities_target", identities.c.link, identities.c.target_id, unique=True)
+
+runs = sa.Table(
+    "crmsync_runs",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("link", sa.String(128), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("started_at", sa.DateTime, nullable=False),
+    sa.Column("finished_at", sa.DateTime, nullable=True),
+    sa.Column("counts", sa.Text, nullable=False, default="{}"),
+    sa.Column("error", sa.Text, nullable=True),
+)
+
+# One row per record that something happened to (writes, conflicts,
+# rejections, failures); quiet "unchanged" passes are only counted on the run.
+outcomes = sa.Table(
+    "crmsync_outcomes",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.Integer, nullable=True),
+    sa.Column("link", sa.String(128), nullable=False),
+    sa.Column("source_ref", sa.String(512), nullable=True),
+    sa.Column("target_ref", sa.String(512), nullable=True),
+    sa.Column("action", sa.String(16), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("fields", sa.Text, nullable=False, default="[]"),
+    sa.Column("message", sa.Text, nullable=True),
+    sa.Column("at", sa.DateTime, nullable=False),
+)
+sa.Index("crmsync_outcomes_source", outcomes.c.source_ref)
+sa.Index("crmsync_outcomes_target", outcomes.c.target_ref)
+sa.Index("crmsync_outcomes_link_status", outcomes.c.link, outcomes.c.status)
+
+
+def _v1(conn: sa.Connection) -> None:
+    metadata.create_all(
+        conn, tables=[meta, cursors, messages, identities, runs, outcomes], checkfirst=True
+    )
+
+
+# Step n brings the schema from version n-1 to n.
+MIGRATIONS: list[Callable[[sa.Connection], None]] = [_v1]
+SCHEMA_VERSION = len(MIGRATIONS)

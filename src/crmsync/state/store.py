@@ -1,0 +1,569 @@
+"""The state database: cursors, the queue, identities with shadows, runs and outcomes.
+
+All SQL here is SQLAlchemy Core over the tables in ``schema.py``; no string
+is ever spliced into a statement. Each public method takes the connection of
+the caller's transaction, so capture and apply decide what commits together.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from crmsync.errors import StateError
+from crmsync.state import schema as S
+
+_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def dumps(v: Any) -> str:
+    return _JSON.encode(v)
+
+
+def utcnow() -> datetime:
+    # Naive UTC everywhere in the state database (portable across backends).
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+@dataclass(slots=True)
+class Message:
+    id: int
+    link: str
+    side: str
+    record_id: str
+    op: str
+    version: str | None
+    attempts: int
+    updated_at: datetime
+
+
+@dataclass(slots=True)
+class Identity:
+    source_id: str
+    target_id: str | None
+    shadow: dict[str, Any]
+    source_version: str | None
+    target_version: str | None
+    deleted: bool
+
+
+class StateStore:
+    """Access to one state database."""
+
+    def __init__(self, url: str, *, readonly: bool = False) -> None:
+        self.url = url
+        self.readonly = readonly
+        self.engine = self._open(url, readonly)
+        self.dialect = self.engine.dialect.name
+
+    # -- opening -----------------------------------------------------------
+    def _open(self, url: str, readonly: bool) -> sa.Engine:
+        u = sa.engine.make_url(url)
+        if u.get_backend_name() == "sqlite":
+            db = u.database or ""
+            if readonly and (not db or db == ":memory:" or not Path(db).exists()):
+                # A dry run against a state that does not exist yet: an empty
+                # private state, so nothing is created on disk.
+                eng = sa.create_engine("sqlite://", hide_parameters=True)
+                self._install_pragmas(eng, wal=False)
+                with eng.begin() as c:
+                    for step in S.MIGRATIONS:
+                        step(c)
+                    c.execute(sa.insert(S.meta).values(key="version", value=str(S.SCHEMA_VERSION)))
+                return eng
+            if readonly:
+                eng = sa.create_engine(
+                    f"sqlite:///file:{Path(db).resolve()}?mode=ro&uri=true",
+                    hide_parameters=True,
+                )
+                self._install_pragmas(eng, wal=False)
+                return eng
+            eng = sa.create_engine(url, hide_parameters=True)
+            self._install_pragmas(eng, wal=True)
+            return eng
+        return sa.create_engine(url, hide_parameters=True, pool_pre_ping=True)
+
+    @staticmethod
+    def _install_pragmas(eng: sa.Engine, *, wal: bool) -> None:
+        @sa.event.listens_for(eng, "connect")
+        def _pragmas(dbapi_conn: Any, _rec: Any) -> None:
+            cur = dbapi_conn.cursor()
+            if wal:
+                # WAL lets readers (the API, `log`) run beside a writer; FULL
+                # syncs each commit so a committed message survives a crash.
+                cur.execute("PRAGMA journal_mode=WAL")
+                cur.execute("PRAGMA synchronous=FULL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+    def migrate(self) -> int:
+        """Bring the schema to the current version; returns the version."""
+        if self.readonly:
+            return self.version()
+        with self.engine.begin() as c:
+            have = self._version(c)
+            if have > S.SCHEMA_VERSION:
+                raise StateError(
+                    f"the state database is at schema version {have}, newer than this "
+                    f"crmsync ({S.SCHEMA_VERSION}): upgrade crmsync"
+                )
+            for n in range(have, S.SCHEMA_VERSION):
+                S.MIGRATIONS[n](c)
+            if have == 0:
+                c.execute(sa.insert(S.meta).values(key="version", value=str(S.SCHEMA_VERSION)))
+            elif have < S.SCHEMA_VERSION:
+                c.execute(
+                    sa.update(S.meta)
+                    .where(S.meta.c.key == "version")
+                    .values(value=str(S.SCHEMA_VERSION))
+                )
+        return S.SCHEMA_VERSION
+
+    def version(self) -> int:
+        with self.engine.connect() as c:
+            return self._version(c)
+
+    @staticmethod
+    def _version(c: sa.Connection) -> int:
+        if not sa.inspect(c).has_table(S.meta.name):
+            return 0
+        v = c.execute(sa.select(S.meta.c.value).where(S.meta.c.key == "version")).scalar()
+        return int(v) if v is not None else 0
+
+    @contextmanager
+    def begin(self) -> Iterator[sa.Connection]:
+        with self.engine.begin() as c:
+            yield c
+
+    @contextmanager
+    def connect(self) -> Iterator[sa.Connection]:
+        with self.engine.connect() as c:
+            yield c
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def _upsert(self, table: sa.Table) -> Any:
+        if self.dialect == "postgresql":
+            return postgresql.insert(table)
+        if self.dialect == "sqlite":
+            return sqlite.insert(table)
+        raise StateError(
+            f"state database {self.dialect!r} is not supported (use SQLite or PostgreSQL)"
+        )
+
+    # -- cursors -----------------------------------------------------------
+    def get_cursor(self, c: sa.Connection, link: str, side: str, kind: str) -> Any:
+        v = c.execute(
+            sa.select(S.cursors.c.value).where(
+                S.cursors.c.link == link, S.cursors.c.side == side, S.cursors.c.kind == kind
+            )
+        ).scalar()
+        return json.loads(v) if v is not None else None
+
+    def set_cursor(self, c: sa.Connection, link: str, side: str, kind: str, value: Any) -> None:
+        ins = self._upsert(S.cursors).values(
+            link=link, side=side, kind=kind, value=dumps(value), updated_at=utcnow()
+        )
+        c.execute(
+            ins.on_conflict_do_update(
+                index_elements=["link", "side", "kind"],
+                set_={"value": ins.excluded.value, "updated_at": ins.excluded.updated_at},
+            )
+        )
+
+    def clear_cursors(self, c: sa.Connection, link: str) -> None:
+        c.execute(sa.delete(S.cursors).where(S.cursors.c.link == link))
+
+    # -- queue -------------------------------------------------------------
+    def enqueue(
+        self,
+        c: sa.Connection,
+        link: str,
+        side: str,
+        items: Iterable[tuple[str, str, str | None]],
+        *,
+        now: datetime | None = None,
+    ) -> int:
+        """Queue ``(record_id, op, version)`` changes; a waiting one per record collapses."""
+        now = now or utcnow()
+        rows = [
+            {
+                "link": link,
+                "side": side,
+                "record_id": rid,
+                "op": op,
+                "version": version,
+                "status": "pending",
+                "attempts": 0,
+                "available_at": now,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for rid, op, version in items
+        ]
+        if not rows:
+            return 0
+        ins = self._upsert(S.messages)
+        stmt = ins.on_conflict_do_update(
+            index_elements=["link", "side", "record_id"],
+            index_where=S.messages.c.status == "pending",
+            # The newest change wins; attempts restart because it is new work.
+            set_={
+                "op": ins.excluded.op,
+                "version": ins.excluded.version,
+                "updated_at": ins.excluded.updated_at,
+            },
+        )
+        c.execute(stmt, rows)
+        return len(rows)
+
+    def claim(
+        self, c: sa.Connection, link: str, limit: int, *, now: datetime | None = None
+    ) -> list[Message]:
+        """Take up to ``limit`` due messages of a link, oldest first, one per record."""
+        now = now or utcnow()
+        m = S.messages
+        running = (
+            sa.select(sa.literal(1))
+            .select_from(m.alias("r"))
+            .where(
+                sa.literal_column("r.link") == m.c.link,
+                sa.literal_column("r.side") == m.c.side,
+                sa.literal_column("r.record_id") == m.c.record_id,
+                sa.literal_column("r.status") == "running",
+            )
+        )
+        q = (
+            sa.select(m)
+            .where(
+                m.c.link == link,
+                m.c.status == "pending",
+                m.c.available_at <= now,
+                ~running.exists(),
+            )
+            .order_by(m.c.id)
+            .limit(limit)
+        )
+        if self.dialect == "postgresql":
+            q = q.with_for_update(skip_locked=True, of=m)
+        rows = c.execute(q).all()
+        if not rows:
+            return []
+        ids = [r.id for r in rows]
+        c.execute(sa.update(m).where(m.c.id.in_(ids)).values(status="running", updated_at=now))
+        return [
+            Message(r.id, r.link, r.side, r.record_id, r.op, r.version, r.attempts, now)
+            for r in rows
+        ]
+
+    def recover_running(self, c: sa.Connection, link: str | None = None) -> int:
+        """Put messages left running by a killed process back in line.
+
+        A pending message for the same record already supersedes a stale running
+        one (apply reads current values), so that one is simply dropped.
+        """
+        m = S.messages
+        cond = [m.c.status == "running"]
+        if link is not None:
+            cond.append(m.c.link == link)
+        p = m.alias("p")
+        superseded = sa.select(sa.literal(1)).where(
+            p.c.link == m.c.link,
+            p.c.side == m.c.side,
+            p.c.record_id == m.c.record_id,
+            p.c.status == "pending",
+        )
+        c.execute(sa.delete(m).where(*cond, superseded.exists()))
+        res = c.execute(sa.update(m).where(*cond).values(status="pending"))
+        return res.rowcount or 0
+
+    def finish_messages(self, c: sa.Connection, ids: Sequence[int]) -> None:
+        """Processed messages leave the queue (their outcome is in the log)."""
+        for chunk in _chunks(ids, 500):
+            c.execute(sa.delete(S.messages).where(S.messages.c.id.in_(chunk)))
+
+    def release_messages(
+        self,
+        c: sa.Connection,
+        ids: Sequence[int],
+        *,
+        available_at: datetime,
+        error: str | None,
+        spend_attempt: bool,
+        max_attempts: int,
+    ) -> int:
+        """Return messages to the queue after a failure; those out of attempts end ``failed``.
+
+        Returns how many ended failed.
+        """
+        m = S.messages
+        failed = 0
+        for chunk in _chunks(ids, 500):
+            values: dict[str, Any] = {"available_at": available_at, "last_error": error}
+            if spend_attempt:
+                values["attempts"] = m.c.attempts + 1
+                values["status"] = sa.case(
+                    (m.c.attempts + 1 >= max_attempts, "failed"), else_="pending"
+                )
+                # A pending twin may exist (a newer change arrived meanwhile): then this
+                # one is superseded and dropped instead of violating one-pending.
+                p = m.alias("p")
+                twin = sa.select(sa.literal(1)).where(
+                    p.c.link == m.c.link,
+                    p.c.side == m.c.side,
+                    p.c.record_id == m.c.record_id,
+                    p.c.status == "pending",
+                )
+                c.execute(
+                    sa.delete(m).where(
+                        m.c.id.in_(chunk), m.c.attempts + 1 < max_attempts, twin.exists()
+                    )
+                )
+                failed += c.execute(
+                    sa.select(sa.func.count())
+                    .select_from(m)
+                    .where(m.c.id.in_(chunk), m.c.attempts + 1 >= max_attempts)
+                ).scalar_one()
+            else:
+                values["status"] = "pending"
+                p = m.alias("p")
+                twin = sa.select(sa.literal(1)).where(
+                    p.c.link == m.c.link,
+                    p.c.side == m.c.side,
+                    p.c.record_id == m.c.record_id,
+                    p.c.status == "pending",
+                )
+                c.execute(sa.delete(m).where(m.c.id.in_(chunk), twin.exists()))
+            c.execute(sa.update(m).where(m.c.id.in_(chunk)).values(**values))
+        return failed
+
+    def add_failed(
+        self,
+        c: sa.Connection,
+        link: str,
+        side: str,
+        record_id: str,
+        error: str,
+        *,
+        max_attempts: int,
+        available_at: datetime,
+    ) -> None:
+        """Queue a record whose write failed outside the queue (during a migration)."""
+        self.enqueue(c, link, side, [(record_id, "upsert", None)])
+        c.execute(
+            sa.update(S.messages)
+            .where(
+                S.messages.c.link == link,
+                S.messages.c.side == side,
+                S.messages.c.record_id == record_id,
+                S.messages.c.status == "pending",
+            )
+            .values(
+                attempts=1,
+                last_error=error,
+                available_at=available_at,
+                status="failed" if max_attempts <= 1 else "pending",
+            )
+        )
+
+    def retry_failed(self, c: sa.Connection, link: str | None = None) -> int:
+        m = S.messages
+        cond = [m.c.status == "failed"]
+        if link:
+            cond.append(m.c.link == link)
+        p = m.alias("p")
+        twin = sa.select(sa.literal(1)).where(
+            p.c.link == m.c.link,
+            p.c.side == m.c.side,
+            p.c.record_id == m.c.record_id,
+            p.c.status == "pending",
+        )
+        c.execute(sa.delete(m).where(*cond, twin.exists()))
+        res = c.execute(
+            sa.update(m).where(*cond).values(status="pending", attempts=0, available_at=utcnow())
+        )
+        return res.rowcount or 0
+
+    def pending_ids(self, c: sa.Connection, link: str, side: str) -> list[str]:
+        m = S.messages
+        return list(
+            c.execute(
+                sa.select(m.c.record_id).where(
+                    m.c.link == link, m.c.side == side, m.c.status.in_(("pending", "running"))
+                )
+            ).scalars()
+        )
+
+    def queue_counts(self, c: sa.Connection, link: str | None = None) -> dict[str, int]:
+        m = S.messages
+        q = sa.select(m.c.status, sa.func.count()).group_by(m.c.status)
+        if link:
+            q = q.where(m.c.link == link)
+        return {s: n for s, n in c.execute(q).all()}
+
+    def next_due(self, c: sa.Connection, link: str) -> datetime | None:
+        m = S.messages
+        return c.execute(
+            sa.select(sa.func.min(m.c.available_at)).where(
+                m.c.link == link, m.c.status == "pending"
+            )
+        ).scalar()
+
+    # -- identities and shadows -------------------------------------------
+    def identities_by_source(
+        self, c: sa.Connection, link: str, ids: Sequence[str]
+    ) -> dict[str, Identity]:
+        return self._identities(c, link, S.identities.c.source_id, ids, key="source")
+
+    def identities_by_target(
+        self, c: sa.Connection, link: str, ids: Sequence[str]
+    ) -> dict[str, Identity]:
+        return self._identities(c, link, S.identities.c.target_id, ids, key="target")
+
+    def _identities(
+        self, c: sa.Connection, link: str, col: sa.Column[Any], ids: Sequence[str], key: str
+    ) -> dict[str, Identity]:
+        t = S.identities
+        out: dict[str, Identity] = {}
+        for chunk in _chunks(list(ids), 500):
+            for r in c.execute(
+                sa.select(
+                    t.c.source_id,
+                    t.c.target_id,
+                    t.c.shadow,
+                    t.c.source_version,
+                    t.c.target_version,
+                    t.c.deleted,
+                ).where(t.c.link == link, col.in_(chunk))
+            ):
+                ident = Identity(r[0], r[1], json.loads(r[2]), r[3], r[4], bool(r[5]))
+                out[ident.source_id if key == "source" else ident.target_id or ""] = ident
+        return out
+
+    def versions_by_source(
+        self, c: sa.Connection, link: str, ids: Sequence[str], side: str
+    ) -> dict[str, str | None]:
+        """Last applied version per id of one side (capture de-duplicates with it)."""
+        t = S.identities
+        id_col = t.c.source_id if side == "source" else t.c.target_id
+        ver_col = t.c.source_version if side == "source" else t.c.target_version
+        out: dict[str, str | None] = {}
+        for chunk in _chunks(list(ids), 500):
+            for rid, ver in c.execute(
+                sa.select(id_col, ver_col).where(t.c.link == link, id_col.in_(chunk))
+            ):
+                out[rid] = ver
+        return out
+
+    def save_identities(self, c: sa.Connection, link: str, rows: Sequence[dict[str, Any]]) -> None:
+        """Upsert identity rows (source_id, target_id, shadow dict, versions, deleted)."""
+        if not rows:
+            return
+        now = utcnow()
+        payload = [
+            {
+                "link": link,
+                "source_id": r["source_id"],
+                "target_id": r["target_id"],
+                "shadow": dumps(r["shadow"]),
+                "source_version": r.get("source_version"),
+                "target_version": r.get("target_version"),
+                "deleted": bool(r.get("deleted", False)),
+                "updated_at": now,
+            }
+            for r in rows
+        ]
+        ins = self._upsert(S.identities)
+        stmt = ins.on_conflict_do_update(
+            index_elements=["link", "source_id"],
+            set_={
+                k: getattr(ins.excluded, k)
+                for k in (
+                    "target_id",
+                    "shadow",
+                    "source_version",
+                    "target_version",
+                    "deleted",
+                    "updated_at",
+                )
+            },
+        )
+        c.execute(stmt, payload)
+
+    def scrub_identities(self, c: sa.Connection, link: str) -> None:
+        c.execute(sa.delete(S.identities).where(S.identities.c.link == link))
+
+    # -- runs and outcomes ----------------------------------------------------
+    def start_run(self, link: str, kind: str) -> int:
+        with self.begin() as c:
+            res = c.execute(
+                sa.insert(S.runs).values(
+                    link=link, kind=kind, status="running", started_at=utcnow(), counts="{}"
+                )
+            )
+            return int(res.inserted_primary_key[0])
+
+    def finish_run(
+        self, run_id: int, status: str, counts: dict[str, int], error: str | None = None
+    ) -> None:
+        with self.begin() as c:
+            c.execute(
+                sa.update(S.runs)
+                .where(S.runs.c.id == run_id)
+                .values(status=status, finished_at=utcnow(), counts=dumps(counts), error=error)
+            )
+
+    def add_outcomes(self, c: sa.Connection, rows: Sequence[dict[str, Any]]) -> None:
+        if rows:
+            c.execute(sa.insert(S.outcomes), list(rows))
+
+    def outcomes(
+        self,
+        *,
+        link: str | None = None,
+        status: str | None = None,
+        record: str | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        o = S.outcomes
+        q = sa.select(o).order_by(o.c.id.desc()).limit(limit)
+        if link:
+            q = q.where(o.c.link == link)
+        if status:
+            q = q.where(sa.or_(o.c.status == status, o.c.action == status))
+        if record:
+            q = q.where(sa.or_(o.c.source_ref == record, o.c.target_ref == record))
+        with self.connect() as c:
+            rows = [dict(r._mapping) for r in c.execute(q)]
+        for r in rows:
+            r["fields"] = json.loads(r["fields"])
+        return rows
+
+    def runs(self, link: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+        r = S.runs
+        q = sa.select(r).order_by(r.c.id.desc()).limit(limit)
+        if link:
+            q = q.where(r.c.link == link)
+        with self.connect() as c:
+            out = [dict(x._mapping) for x in c.execute(q)]
+        for x in out:
+            x["counts"] = json.loads(x["counts"])
+        return out
+
+
+def _chunks(seq: Sequence[Any], n: int) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(seq), n):
+        yield seq[i : i + n]
+
+
+def backoff_at(now: datetime, seconds: float) -> datetime:
+    return now + timedelta(seconds=seconds)
