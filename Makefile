@@ -36,7 +36,7 @@ $(PY):
 
 # The test install includes the runtime one, so it satisfies the demo too.
 $(STAMP_RUN): $(PY)
-	@if [ -f $(STAMP_TEST) ]; then touch $@; else \
+	@if [ -f $(STAMP_TEST) ]; then touch $@; else echo "installing crmsync into $(VENV)"; \
 		$(PY) -m pip install -q --disable-pip-version-check -e . && touch $@; fi
 
 $(STAMP_TEST): $(PY)
