@@ -35,7 +35,7 @@ DEFAULT_CUSTOMERS = 5_000
 DEFAULT_SEED = 42
 MATCHED_COMPANIES = 300  # CRM companies that already carry an active customer's number
 UNRELATED_COMPANIES = 50
-LOG_LINES = 40  # the demo shows at most this many lines of `crmsync log`
+LOG_LINES = 80  # the demo shows at most this many lines of `crmsync log`
 CLI = [sys.executable, "-m", "crmsync"]  # how the demo runs the real CLI
 
 # Values the ERP keeps as free text in `employees`; the CRM wants an integer.
@@ -485,7 +485,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("6. Dry run of the incremental pass", ["plan"], None),
         ("7. Incremental sync", ["sync"], None),
         ("8. Fields that were rejected, with the reason",
-         ["log", "--link", "customers", "--status", "rejected"], LOG_LINES),
+         ["log", "--link", "customers", "--status", "rejected", "--limit", "12"], LOG_LINES),
     ]
     for title, cli_args, limit in steps:
         console.rule(f"[bold]{title}")
