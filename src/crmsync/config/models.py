@@ -6,7 +6,15 @@ import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
 NAME_RE = r"^[A-Za-z_][A-Za-z0-9_\-]*$"
 
@@ -85,7 +93,7 @@ class Condition(_Strict):
     @model_validator(mode="after")
     def _value_fits_op(self) -> Condition:
         if self.op in (Op.IN, Op.NOT_IN) and not isinstance(self.value, list):
-            raise ValueError(f"op {self.op.value} expects a list value")
+            raise ValueError(f"op {self.op.value} expects a list value, got {self.value!r}")
         if self.op not in UNARY_OPS and self.op not in (Op.IN, Op.NOT_IN) and self.value is None:
             raise ValueError(f"op {self.op.value} expects a value")
         return self
@@ -99,7 +107,25 @@ class AnyOf(_Strict):
     any: list[Criteria] = Field(min_length=1)
 
 
-Criteria = Annotated[AllOf | AnyOf | Condition, Field(union_mode="left_to_right")]
+def _criteria_kind(v: Any) -> str | None:
+    # Pick the branch by its key so a bad condition reports one error, not one per branch.
+    if isinstance(v, dict):
+        return "AllOf" if "all" in v else "AnyOf" if "any" in v else "Condition"
+    if isinstance(v, BaseModel):
+        return type(v).__name__
+    return None
+
+
+Criteria = Annotated[
+    Annotated[AllOf, Tag("AllOf")]
+    | Annotated[AnyOf, Tag("AnyOf")]
+    | Annotated[Condition, Tag("Condition")],
+    Discriminator(
+        _criteria_kind,
+        custom_error_type="criteria",
+        custom_error_message="expected a condition (field, op, value) or an all:/any: list",
+    ),
+]
 AllOf.model_rebuild()
 AnyOf.model_rebuild()
 
@@ -119,6 +145,14 @@ class Mapping(_Strict):
     )
     default: Any = Field(None, description="value written when the source value is empty")
 
+    @field_validator("values", mode="before")
+    @classmethod
+    def _text_keys(cls, v: Any) -> Any:
+        # YAML reads `1: Active` or `true: Yes` with non-text keys; values are matched by text.
+        if isinstance(v, dict):
+            return {str(k): val for k, val in v.items()}
+        return v
+
 
 class SetAction(_Strict):
     set: dict[str, Any] = Field(min_length=1, description="target fields to set on delete")
@@ -128,6 +162,14 @@ class ConflictPolicy(StrEnum):
     SOURCE = "source"
     TARGET = "target"
     NEWEST = "newest"
+
+
+def _on_delete_kind(v: Any) -> str | None:
+    if isinstance(v, str):
+        return "mode"
+    if isinstance(v, dict | SetAction):
+        return "SetAction"
+    return None
 
 
 class LinkConfig(_Strict):
@@ -143,7 +185,15 @@ class LinkConfig(_Strict):
     filter: Criteria | None = None
     fields: list[Mapping] = Field(min_length=1)
     conflict: ConflictPolicy = ConflictPolicy.SOURCE
-    on_delete: Literal["ignore", "delete"] | SetAction = "ignore"
+    on_delete: Annotated[
+        Annotated[Literal["ignore", "delete"], Tag("mode")]
+        | Annotated[SetAction, Tag("SetAction")],
+        Discriminator(
+            _on_delete_kind,
+            custom_error_type="on_delete",
+            custom_error_message="expected ignore, delete or a mapping 'set: {field: value}'",
+        ),
+    ] = Field("ignore", description="what a delete at the source does to the target")
     batch_size: int = Field(500, ge=1, le=10_000)
     enabled: bool = True
 
