@@ -1,0 +1,270 @@
+"""Check a loaded config against the live systems (``crmsync check``).
+
+Every problem is collected; nothing is written anywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from typing import Any
+
+from crmsync.config.loader import join_path, sort_problems
+from crmsync.config.models import Config, ConflictPolicy, Direction, LinkConfig, SetAction
+from crmsync.config.secrets import redact
+from crmsync.connectors.base import Connector
+
+# Module import, not names: engine.filters imports config.models, which runs this package.
+from crmsync.engine import filters
+from crmsync.engine.convert import ConversionError, compatible, converter, is_scalar
+from crmsync.errors import SchemaError, SystemUnavailable
+from crmsync.model import FieldSpec, ObjectSpec
+
+Problem = tuple[str, str]
+Locate = Callable[[str], str]
+
+
+def check_config(
+    config: Config,
+    connectors: Mapping[str, Connector],
+    source_file: str,
+    locate: Locate | None = None,
+) -> list[Problem]:
+    """Every problem of ``config`` against the live systems, sorted by line.
+
+    ``locate`` turns a key path into ``file:line key.path`` (``SourceMap.locate``
+    from ``load_config_with_lines``); without it locations are ``file key.path``.
+    """
+    loc = locate or (lambda path: f"{source_file} {path}")
+    checker = _Checker(config, connectors, loc)
+    checker.run()
+    return sort_problems(checker.problems)
+
+
+def _fields_of(spec: ObjectSpec) -> str:
+    return ", ".join(spec.fields) or "none"
+
+
+class _Checker:
+    def __init__(self, config: Config, connectors: Mapping[str, Connector], locate: Locate) -> None:
+        self.config = config
+        self.connectors = connectors
+        self.locate = locate
+        self.problems: list[Problem] = []
+        self.specs: dict[tuple[str, str], ObjectSpec] = {}
+
+    def add(self, path: str, message: str) -> None:
+        self.problems.append((self.locate(path), redact(message)))
+
+    def run(self) -> None:
+        self.describe_all()
+        for name, link in self.config.links.items():
+            self.check_link(join_path("links", name), link)
+
+    # -- systems -------------------------------------------------------------
+
+    def describe_all(self) -> None:
+        for sname, scfg in self.config.systems.items():
+            spath = join_path("systems", sname)
+            conn = self.connectors.get(sname)
+            if conn is None:
+                self.add(join_path(spath, "connector"), f"no connector for system {sname!r}")
+                continue
+            for oname, ocfg in scfg.objects.items():
+                opath = join_path(join_path(spath, "objects"), oname)
+                try:
+                    spec = conn.describe(oname)
+                except SchemaError as err:
+                    self.add(f"{opath}.{err.key}" if err.key else opath, err.user_message)
+                    continue
+                except SystemUnavailable as err:
+                    # One unreachable system gives one problem, not one per object.
+                    self.add(join_path(spath, "url"), f"cannot reach {sname}: {err.user_message}")
+                    break
+                self.specs[(sname, oname)] = spec
+                if ocfg.deleted is not None:
+                    self.check_deleted(
+                        opath, spec, f"{sname}.{oname}", ocfg.deleted.field, ocfg.deleted.value
+                    )
+
+    def check_deleted(self, opath: str, spec: ObjectSpec, obj: str, field: str, value: Any) -> None:
+        fs = spec.fields.get(field)
+        path = f"{opath}.deleted"
+        if fs is None:
+            self.add(
+                f"{path}.field",
+                f"field {field!r} not found on {obj} (fields: {_fields_of(spec)})",
+            )
+            return
+        try:
+            converter(None, _loose(fs))(value)
+        except ConversionError as err:
+            self.add(f"{path}.value", f"{err.reason} (field {field!r} is {fs.type.value})")
+
+    # -- links ---------------------------------------------------------------
+
+    def check_link(self, lpath: str, link: LinkConfig) -> None:
+        src = self.specs.get((link.source_system, link.source_object))
+        dst = self.specs.get((link.target_system, link.target_object))
+        src_name, dst_name = link.source, link.target
+        for i, m in enumerate(link.fields):
+            mpath = join_path(join_path(lpath, "fields"), i)
+            self.check_mapping(mpath, link, m, src, dst, src_name, dst_name)
+        for sfield, tfield in link.match.items():
+            mpath = join_path(join_path(lpath, "match"), sfield)
+            self.check_match(mpath, sfield, tfield, src, dst, src_name, dst_name)
+        if link.filter is not None and src is not None:
+            for rel, msg in filters.criteria_problems(link.filter, replace(src, name=src_name)):
+                self.add(f"{lpath}.filter.{rel}", msg)
+        if isinstance(link.on_delete, SetAction) and dst is not None:
+            for fname, value in link.on_delete.set.items():
+                path = join_path(f"{lpath}.on_delete.set", fname)
+                fs = self.field(dst, fname, dst_name, path)
+                if fs is not None:
+                    self.check_value(path, fs, value, fname)
+        if link.conflict == ConflictPolicy.NEWEST and link.reads_target:
+            for side, (sname, oname) in (
+                ("source", (link.source_system, link.source_object)),
+                ("target", (link.target_system, link.target_object)),
+            ):
+                obj = self.config.systems[sname].objects[oname]
+                if obj.updated_at is None:
+                    self.add(
+                        f"{lpath}.conflict",
+                        f"conflict: newest needs updated_at on the {side} object {sname}.{oname}",
+                    )
+
+    def field(self, spec: ObjectSpec, name: str, obj: str, path: str) -> FieldSpec | None:
+        fs = spec.fields.get(name)
+        if fs is None:
+            self.add(path, f"field {name!r} not found on {obj} (fields: {_fields_of(spec)})")
+        return fs
+
+    def check_value(self, path: str, fs: FieldSpec, value: Any, fname: str) -> None:
+        try:
+            converter(None, fs)(value)
+        except ConversionError as err:
+            self.add(path, f"{err.reason} (field {fname!r} is {fs.type.value})")
+
+    def check_mapping(
+        self,
+        mpath: str,
+        link: LinkConfig,
+        m: Any,
+        src: ObjectSpec | None,
+        dst: ObjectSpec | None,
+        src_name: str,
+        dst_name: str,
+    ) -> None:
+        direction = link.mapping_direction(m)
+        forward = direction in (Direction.FORWARD, Direction.BOTH)
+        backward = direction in (Direction.BACKWARD, Direction.BOTH)
+        sf = self.field(src, m.source, src_name, f"{mpath}.source") if src else None
+        tf = self.field(dst, m.target, dst_name, f"{mpath}.target") if dst else None
+
+        # Writes to fields the system fills itself.
+        if forward and tf is not None and dst is not None:
+            self.check_writable(f"{mpath}.target", tf, dst, dst_name, "forward")
+        if backward and sf is not None and src is not None:
+            self.check_writable(f"{mpath}.source", sf, src, src_name, "backward")
+        if m.default is not None and forward and tf is not None:
+            self.check_value(f"{mpath}.default", tf, m.default, m.target)
+        if sf is None or tf is None:
+            return
+
+        if m.values:
+            for fs in (sf, tf):
+                if not is_scalar(fs.type):
+                    self.add(
+                        f"{mpath}.values",
+                        f"value maps apply only to scalar fields; {fs.name!r} is {fs.type.value}",
+                    )
+                    return
+            for key, value in m.values.items():
+                vpath = join_path(f"{mpath}.values", key)
+                if forward:
+                    self.check_value(vpath, _loose_len(tf), value, m.target)
+                if backward:
+                    self.check_value(vpath, _loose_len(sf), key, m.source)
+            return
+
+        if forward:
+            reason = compatible(sf.type, tf.type)
+            if reason:
+                self.add(
+                    mpath,
+                    f"cannot map {sf.type.value} field {sf.name!r} to {tf.type.value} "
+                    f"field {tf.name!r}: {reason}",
+                )
+                return
+        if backward:
+            reason = compatible(tf.type, sf.type)
+            if reason:
+                self.add(
+                    mpath,
+                    f"cannot map {tf.type.value} field {tf.name!r} back to {sf.type.value} "
+                    f"field {sf.name!r}: {reason}",
+                )
+
+    def check_writable(
+        self, path: str, fs: FieldSpec, spec: ObjectSpec, obj: str, direction: str
+    ) -> None:
+        if spec.key_generated and fs.name == spec.key:
+            self.add(
+                path,
+                f"{fs.name!r} is the key {obj} generates itself; it cannot be written "
+                f"({direction} mapping)",
+            )
+        elif fs.read_only:
+            self.add(
+                path,
+                f"{fs.name!r} is filled by {obj} itself and cannot be written "
+                f"({direction} mapping)",
+            )
+
+    def check_match(
+        self,
+        path: str,
+        sfield: str,
+        tfield: str,
+        src: ObjectSpec | None,
+        dst: ObjectSpec | None,
+        src_name: str,
+        dst_name: str,
+    ) -> None:
+        sf = tf = None
+        if src is not None:
+            sf = src.fields.get(sfield)
+            if sf is None:
+                self.add(
+                    path,
+                    f"source field {sfield!r} not found on {src_name} (fields: {_fields_of(src)})",
+                )
+        if dst is not None:
+            tf = dst.fields.get(tfield)
+            if tf is None:
+                self.add(
+                    path,
+                    f"target field {tfield!r} not found on {dst_name} (fields: {_fields_of(dst)})",
+                )
+        if sf is None or tf is None:
+            return
+        reason = compatible(sf.type, tf.type)
+        if reason is None and not (is_scalar(sf.type) or sf.type == tf.type):
+            reason = f"{sf.type.value} fields cannot be matched"
+        if reason:
+            self.add(
+                path,
+                f"cannot match {sf.type.value} field {sfield!r} with {tf.type.value} "
+                f"field {tfield!r}: {reason}",
+            )
+
+
+def _loose(fs: FieldSpec) -> FieldSpec:
+    """The field without write limits: a value compared against it need not fit them."""
+    return FieldSpec(fs.name, fs.type, scale=fs.scale, choices=fs.choices)
+
+
+def _loose_len(fs: FieldSpec) -> FieldSpec:
+    """Value-map entries are checked for type and choices; length is checked per record."""
+    return FieldSpec(fs.name, fs.type, nullable=True, scale=fs.scale, choices=fs.choices)
