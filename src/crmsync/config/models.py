@@ -12,6 +12,7 @@ from pydantic import (
     Discriminator,
     Field,
     Tag,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -90,10 +91,19 @@ class Condition(_Strict):
     op: Op
     value: Any = None
 
+    @field_validator("value")
+    @classmethod
+    def _list_for_in(cls, v: Any, info: ValidationInfo) -> Any:
+        # Checked on the value (not the condition) so the error points at `value:`.
+        op = info.data.get("op")
+        if op in (Op.IN, Op.NOT_IN) and not isinstance(v, list):
+            raise ValueError(f"op {op.value} expects a list of values, got {v!r}")
+        return v
+
     @model_validator(mode="after")
     def _value_fits_op(self) -> Condition:
         if self.op in (Op.IN, Op.NOT_IN) and not isinstance(self.value, list):
-            raise ValueError(f"op {self.op.value} expects a list value, got {self.value!r}")
+            raise ValueError(f"op {self.op.value} expects a list of values")
         if self.op not in UNARY_OPS and self.op not in (Op.IN, Op.NOT_IN) and self.value is None:
             raise ValueError(f"op {self.op.value} expects a value")
         return self
