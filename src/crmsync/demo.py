@@ -348,9 +348,12 @@ def run_cli(console: Console, args: Sequence[str], max_lines: int | None = None)
     cmd = [*CLI, *args]
     console.rule(f"[bold]$ crmsync {' '.join(args)}")
     sys.stdout.flush()
+    env = dict(os.environ)
+    if max_lines is not None or not sys.stdout.isatty():
+        # Output to a pipe or log: let rich's tables use a readable width.
+        env.setdefault("COLUMNS", str(max(shutil.get_terminal_size().columns, 140)))
     if max_lines is None:
-        return subprocess.run(cmd, check=False).returncode
-    env = {**os.environ, "COLUMNS": str(shutil.get_terminal_size().columns)}
+        return subprocess.run(cmd, check=False, env=env).returncode
     with subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
     ) as proc:
