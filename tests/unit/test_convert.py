@@ -1,0 +1,270 @@
+from __future__ import annotations
+
+import json
+from datetime import UTC, date, datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from crmsync.engine.convert import (
+    ConversionError,
+    compatible,
+    converter,
+    equal,
+    from_json,
+    identity,
+    to_json,
+    value_mapper,
+)
+from crmsync.model import FieldSpec, FieldType
+
+T = FieldType
+
+
+def f(ftype: FieldType, **kw: Any) -> FieldSpec:
+    return FieldSpec("x", ftype, **kw)
+
+
+def convert(value: Any, dst: FieldSpec, src: FieldType | None = None) -> Any:
+    return converter(f(src) if src else None, dst)(value)
+
+
+def reason(value: Any, dst: FieldSpec, src: FieldType | None = None) -> str:
+    with pytest.raises(ConversionError) as info:
+        convert(value, dst, src)
+    assert isinstance(info.value, ValueError)
+    return info.value.reason
+
+
+# -- converter -----------------------------------------------------------------
+
+
+def test_same_type_without_constraints_is_identity() -> None:
+    for t in (T.STRING, T.INTEGER, T.DATE, T.DATETIME, T.CHOICE, T.LIST, T.DOCUMENT):
+        assert converter(f(t), f(t)) is identity
+    assert converter(f(T.STRING), f(T.STRING, max_length=5)) is not identity
+    assert converter(f(T.STRING), f(T.STRING, nullable=False)) is not identity
+
+
+@pytest.mark.parametrize(
+    ("value", "dst", "expected"),
+    [
+        ("42", T.INTEGER, 42),
+        (" 42 ", T.INTEGER, 42),
+        ("1e3", T.INTEGER, 1000),
+        (Decimal("7.00"), T.INTEGER, 7),
+        (True, T.INTEGER, 1),
+        ("10.50", T.DECIMAL, Decimal("10.50")),
+        (3, T.DECIMAL, Decimal(3)),
+        (0.1, T.DECIMAL, Decimal("0.1")),
+        ("yes", T.BOOLEAN, True),
+        ("False", T.BOOLEAN, False),
+        ("0", T.BOOLEAN, False),
+        (1, T.BOOLEAN, True),
+        ("2024-02-29", T.DATE, date(2024, 2, 29)),
+        (datetime(2024, 1, 2), T.DATE, date(2024, 1, 2)),
+        ("2024-01-02T03:04:05", T.DATETIME, datetime(2024, 1, 2, 3, 4, 5)),
+        ("2024-01-02", T.DATETIME, datetime(2024, 1, 2)),
+        (date(2024, 1, 2), T.DATETIME, datetime(2024, 1, 2)),
+        (Decimal("1E+2"), T.STRING, "100"),
+        (Decimal("10.50"), T.STRING, "10.5"),
+        (12, T.STRING, "12"),
+        (False, T.STRING, "false"),
+        (date(2024, 1, 2), T.STRING, "2024-01-02"),
+        ("", T.INTEGER, None),
+        ("   ", T.DATE, None),
+        ("", T.STRING, ""),
+        (None, T.DECIMAL, None),
+    ],
+)
+def test_conversions(value: Any, dst: FieldType, expected: Any) -> None:
+    out = convert(value, f(dst))
+    assert out == expected
+    assert type(out) is type(expected)
+
+
+def test_reasons_are_plain_words() -> None:
+    assert reason("ten thousand", f(T.INTEGER)) == "expected a number, got 'ten thousand'"
+    assert reason("ten thousand", f(T.DECIMAL)) == "expected a number, got 'ten thousand'"
+    assert reason("1.5", f(T.INTEGER)) == "expected a whole number, got '1.5'"
+    assert reason(Decimal("1.5"), f(T.INTEGER), T.DECIMAL) == "expected a whole number, got 1.5"
+    assert reason("31/02/2024", f(T.DATE)) == "expected a date (YYYY-MM-DD), got '31/02/2024'"
+    assert reason("2024-02-30", f(T.DATE)) == "expected a date (YYYY-MM-DD), got '2024-02-30'"
+    assert reason("x" * 57, f(T.STRING, max_length=40)) == "expected at most 40 characters, got 57"
+    assert reason("maybe", f(T.BOOLEAN)) == "expected yes/no, got 'maybe'"
+    assert reason(2, f(T.BOOLEAN), T.INTEGER) == "expected yes/no, got 2"
+    assert reason("C", f(T.CHOICE, choices=("A", "B"))) == "expected one of A, B, got 'C'"
+    assert reason(None, f(T.STRING, nullable=False), T.STRING) == "a value is required"
+    assert reason("", f(T.INTEGER, nullable=False)) == "a value is required"
+    assert reason("NaN", f(T.DECIMAL)) == "expected a number, got 'NaN'"
+    assert reason(datetime(2024, 1, 2, 10, 30), f(T.DATE), T.DATETIME) == (
+        "expected a date without a time of day, got 2024-01-02T10:30:00"
+    )
+    assert reason("soon", f(T.DATETIME)) == (
+        "expected a date and time (YYYY-MM-DDTHH:MM:SS), got 'soon'"
+    )
+
+
+def test_choice_and_length_checks_apply_after_conversion() -> None:
+    conv = converter(f(T.INTEGER), f(T.CHOICE, choices=("1", "2")))
+    assert conv(2) == "2"
+    conv = converter(f(T.STRING), f(T.STRING, max_length=3))
+    assert conv("abc") == "abc"
+    assert conv(None) is None
+
+
+def test_decimal_scale_quantizes_half_even() -> None:
+    conv = converter(f(T.DECIMAL), f(T.DECIMAL, scale=2))
+    assert conv(Decimal("1.005")) == Decimal("1.00")
+    assert conv(Decimal("1.015")) == Decimal("1.02")
+    assert str(conv(Decimal("3"))) == "3.00"
+    assert str(conv(2.5)) == "2.50"
+
+
+def test_float_from_a_database_counts_as_decimal() -> None:
+    conv = converter(f(T.DECIMAL), f(T.DECIMAL))
+    assert conv(1.1) == Decimal("1.1")
+    assert conv(Decimal("2")) == Decimal("2")
+
+
+# -- compatible -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("src", "dst"),
+    [
+        (T.STRING, T.INTEGER),
+        (T.DATE, T.STRING),
+        (T.INTEGER, T.DECIMAL),
+        (T.DECIMAL, T.INTEGER),
+        (T.BOOLEAN, T.INTEGER),
+        (T.DATE, T.DATETIME),
+        (T.DATETIME, T.DATE),
+        (T.CHOICE, T.STRING),
+        (T.STRING, T.CHOICE),
+        (T.LIST, T.LIST),
+    ],
+)
+def test_compatible(src: FieldType, dst: FieldType) -> None:
+    assert compatible(src, dst) is None
+
+
+@pytest.mark.parametrize(
+    ("src", "dst", "why"),
+    [
+        (T.DATE, T.INTEGER, "a date cannot be written to an integer field"),
+        (T.INTEGER, T.DATE, "an integer cannot be written to a date field"),
+        (T.DATETIME, T.DECIMAL, "a datetime cannot be written to a decimal field"),
+        (T.BOOLEAN, T.DATE, "a boolean cannot be written to a date field"),
+        (T.DATE, T.BOOLEAN, "a date cannot be written to a boolean field"),
+        (T.LIST, T.STRING, "a list cannot be written to a string field"),
+        (T.STRING, T.DOCUMENT, "a string cannot be written to a document field"),
+        (T.REFERENCE, T.INTEGER, "a reference cannot be written to an integer field"),
+    ],
+)
+def test_incompatible(src: FieldType, dst: FieldType, why: str) -> None:
+    assert compatible(src, dst) == why
+
+
+# -- canonical JSON ---------------------------------------------------------------
+
+
+def test_to_json_canonical_forms() -> None:
+    assert to_json(Decimal("10.50")) == to_json(Decimal("10.5")) == "10.5"
+    assert to_json(Decimal("1E+3")) == "1000"
+    assert to_json(Decimal("-0.00")) == "0"
+    assert to_json(Decimal("0.0000001")) == "0.0000001"
+    assert to_json(date(2024, 1, 2)) == "2024-01-02"
+    assert to_json(datetime(2024, 1, 2, 3, 4, 5)) == "2024-01-02T03:04:05"
+    aware = datetime(2024, 1, 2, 5, 0, tzinfo=timezone(timedelta(hours=2)))
+    assert to_json(aware) == "2024-01-02T03:00:00+00:00"
+    assert to_json(True) is True and to_json(7) == 7 and to_json(None) is None
+    assert to_json([Decimal("1.0"), date(2024, 1, 1)]) == ["1", "2024-01-01"]
+
+
+def test_equal_is_canonical() -> None:
+    assert equal(Decimal("1.0"), Decimal("1"))
+    assert equal(1.5, Decimal("1.50"))
+    assert not equal(True, 1)
+    assert not equal(None, "")
+    assert equal(None, None)
+    assert equal(
+        datetime(2024, 1, 1, 12, tzinfo=UTC),
+        datetime(2024, 1, 1, 14, tzinfo=timezone(timedelta(hours=2))),
+    )
+    assert not equal(datetime(2024, 1, 1), date(2024, 1, 1))
+
+
+decimals = st.decimals(allow_nan=False, allow_infinity=False, places=None)
+naive_datetimes = st.datetimes(min_value=datetime(1900, 1, 1), max_value=datetime(2200, 1, 1))
+aware_datetimes = st.datetimes(
+    min_value=datetime(1900, 1, 2),
+    max_value=datetime(2200, 1, 1),
+    timezones=st.sampled_from([UTC, timezone(timedelta(hours=-5)), timezone(timedelta(hours=9))]),
+)
+typed_values = st.one_of(
+    st.tuples(st.just(T.STRING), st.text()),
+    st.tuples(st.just(T.INTEGER), st.integers()),
+    st.tuples(st.just(T.DECIMAL), decimals),
+    st.tuples(st.just(T.BOOLEAN), st.booleans()),
+    st.tuples(st.just(T.DATE), st.dates()),
+    st.tuples(st.just(T.DATETIME), naive_datetimes | aware_datetimes),
+    st.tuples(st.just(T.CHOICE), st.text(min_size=1)),
+)
+
+
+@given(typed_values)
+def test_json_round_trip(pair: tuple[FieldType, Any]) -> None:
+    ftype, value = pair
+    form = to_json(value)
+    assert json.loads(json.dumps(form)) == form
+    back = from_json(form, ftype)
+    assert equal(back, value)
+    assert to_json(back) == form
+
+
+@given(decimals, st.integers(min_value=0, max_value=6))
+def test_trailing_zeros_do_not_matter(d: Decimal, zeros: int) -> None:
+    padded = Decimal(format(d, "f") + ("." if "." not in format(d, "f") else "") + "0" * zeros)
+    assert equal(d, padded)
+    assert to_json(d) == to_json(padded)
+
+
+@given(decimals, decimals)
+def test_equal_agrees_with_decimal_equality(a: Decimal, b: Decimal) -> None:
+    assert equal(a, b) == (a == b)
+    assert equal(a, a)
+
+
+@given(st.integers())
+def test_integer_decimal_string_round_trip(n: int) -> None:
+    assert convert(convert(n, f(T.STRING)), f(T.INTEGER)) == n
+    assert convert(convert(n, f(T.DECIMAL)), f(T.INTEGER)) == n
+
+
+# -- value maps --------------------------------------------------------------------
+
+
+def test_value_mapper_forward_and_backward() -> None:
+    values = {"1": "Active", "2": "Dormant", "true": "Yes"}
+    fwd = value_mapper(values, backward=False)
+    assert fwd(1) == "Active"
+    assert fwd("2") == "Dormant"
+    assert fwd(Decimal("1.0")) == "Active"
+    assert fwd(True) == "Yes"
+    assert fwd(3) == 3
+    assert fwd(None) is None
+    back = value_mapper(values, backward=True)
+    assert back("Active") == "1"
+    assert back("Other") == "Other"
+    assert value_mapper(None, backward=False) is identity
+
+
+def test_value_mapper_with_non_text_targets() -> None:
+    back = value_mapper({"A": 1, "B": True}, backward=True)
+    assert back(1) == "A"
+    assert back(True) == "B"
+    assert back(Decimal("1.00")) == "A"
