@@ -17,7 +17,7 @@ from crmsync.connectors.base import Connector
 # Module import, not names: engine.filters imports config.models, which runs this package.
 from crmsync.engine import filters
 from crmsync.engine.convert import ConversionError, compatible, converter, is_scalar
-from crmsync.errors import SchemaError, SystemUnavailable
+from crmsync.errors import CrmsyncError, SchemaError, SystemUnavailable
 from crmsync.model import FieldSpec, ObjectSpec
 
 Problem = tuple[str, str]
@@ -81,6 +81,9 @@ class _Checker:
                     # One unreachable system gives one problem, not one per object.
                     self.add(join_path(spath, "url"), f"cannot reach {sname}: {err.user_message}")
                     break
+                except CrmsyncError as err:
+                    self.add(opath, err.user_message)
+                    continue
                 self.specs[(sname, oname)] = spec
                 if ocfg.deleted is not None:
                     self.check_deleted(

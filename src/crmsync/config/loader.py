@@ -10,7 +10,7 @@ import difflib
 import os
 import re
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from enum import Enum
@@ -509,6 +509,3 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
 def config_schema() -> dict[str, Any]:
     """The JSON Schema of the config file (``crmsync schema``)."""
     return Config.model_json_schema()
-
-
-Locate = Callable[[str], str]
