@@ -8,7 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from dbs import backend_params, fresh_database  # noqa: E402
+from dbs import backend_params, fresh_database
 
 
 @pytest.fixture(params=backend_params())

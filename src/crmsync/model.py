@@ -151,6 +151,8 @@ class Outcome:
     message: str | None = None
     # Paired by match key this pass (a first pairing, not a create).
     matched: bool = False
+    # Nothing new happened (e.g. a rejection already reported): not logged.
+    quiet: bool = False
 
     @property
     def conflicts(self) -> int:

@@ -44,10 +44,11 @@ class ObjectConfig(_Strict):
         None, description="soft-delete marker: a record with this value is treated as deleted"
     )
     lookback: float = Field(
-        0.0,
+        2.0,
         ge=0,
-        description="seconds to re-read before the cursor to catch late commits "
-        "(the overlap is de-duplicated)",
+        description="seconds re-read before the cursor on every poll, to catch rows "
+        "stamped at or just before it but written later (coarse clocks such as MariaDB "
+        "DATETIME, late commits); the overlap is applied again and found unchanged",
     )
     schema_name: str | None = Field(None, alias="schema", description="database schema")
 

@@ -69,6 +69,19 @@ class _Pending:
     save_identity: bool = True
 
 
+# Shadow entry remembering which fields were refused and why, so a value that
+# stays unconvertible is reported once, not on every re-read.
+REJECTED_KEY = "~rejected"
+
+
+def _remember_rejections(shadow: dict[str, Any], fields: list[FieldOutcome]) -> None:
+    rejected = {f.field: f.reason for f in fields if f.status is FieldStatus.REJECTED}
+    if rejected:
+        shadow[REJECTED_KEY] = rejected
+    else:
+        shadow.pop(REJECTED_KEY, None)
+
+
 def _v(version: Any) -> str | None:
     return None if version is None else str(version)
 
@@ -199,6 +212,7 @@ class Applier:
                             _Pending(sid, None, out, None, None, None, save_identity=False)
                         )
                         continue
+                    _remember_rejections(shadow, fouts)
                     out = Outcome(name, sid, None, Action.CREATED, fouts)
                     decided.append(
                         _Pending(
@@ -231,8 +245,17 @@ class Applier:
             newer = _newer(rec.version, trec.version)
             m = merge(link.plans, rec.values, trec.values, base, link.policy, newer)
             wrote = bool(m.target_updates or m.source_updates)
+            _remember_rejections(m.shadow, m.fields)
             action = Action.UPDATED if wrote else (Action.MATCHED if first else Action.UNCHANGED)
             out = Outcome(name, sid, tid, action, m.fields, matched=first)
+            if (
+                not wrote
+                and ident is not None
+                and m.shadow.get(REJECTED_KEY) == ident.shadow.get(REJECTED_KEY)
+            ):
+                # The same value was refused for the same reason last time:
+                # nothing new to tell, so this pass is quiet.
+                out.quiet = True
             p = _Pending(sid, tid, out, m.shadow, _v(rec.version), _v(trec.version))
             if m.target_updates:
                 t_updates.append((tid, m.target_updates))  # type: ignore[arg-type]
@@ -300,7 +323,7 @@ class Applier:
                         "deleted": p.deleted,
                     }
                 )
-            if out.action is not Action.UNCHANGED:
+            if out.action is not Action.UNCHANGED and not out.quiet:
                 outcome_rows.append(self._outcome_row(out, now))
 
         for mid, sid in msg_pair.items():
@@ -492,6 +515,9 @@ def outcome_status(out: Outcome) -> str:
 
 
 def _count(counts: Counter[str], out: Outcome) -> None:
+    if out.quiet:
+        counts["unchanged"] += 1
+        return
     counts[out.action.value] += 1
     if out.matched and out.action is not Action.MATCHED:
         counts["matched"] += 1

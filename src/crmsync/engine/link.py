@@ -14,7 +14,7 @@ from crmsync.config.models import (
     ObjectConfig,
     SetAction,
 )
-from crmsync.engine.convert import converter, to_json, value_mapper
+from crmsync.engine.convert import converter, identity, to_json, value_mapper
 from crmsync.engine.filters import compile_criteria
 from crmsync.engine.merge import FieldPlan
 from crmsync.model import FieldSpec, ObjectSpec
@@ -97,9 +97,29 @@ def _plan(m: Mapping, link: LinkConfig, src: FieldSpec, dst: FieldSpec) -> Field
         direction=Direction(direction),
         forward=_with_default(fwd, m.default),
         backward=bwd,
-        canon=to_json,
-        source_canon=to_json,
+        canon=_canon_for(dst),
+        source_canon=_canon_for(src),
     )
+
+
+def _canon_for(spec: FieldSpec) -> Callable[[Any], Any]:
+    """Canonical JSON of a value of this field, normalised first.
+
+    Drivers hand back floats for decimals or 0/1 for booleans; the field's own
+    converter makes them the same Python value the converted side has, so the
+    comparison never flaps between two spellings of one value.
+    """
+    norm = converter(spec, spec)
+    if norm is identity:
+        return to_json
+
+    def canon(v: Any) -> Any:
+        try:
+            return to_json(norm(v))
+        except ValueError:
+            return to_json(v)
+
+    return canon
 
 
 def compile_link(

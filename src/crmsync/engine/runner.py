@@ -8,8 +8,8 @@ capture -> queue -> apply:
   in. Before the scan starts the incremental cursor is placed at the current
   high-water mark, so nothing changed during the scan is missed.
 * Later runs capture: each page of changes since the cursor is queued in the
-  same state transaction that advances the cursor. Rows already applied at
-  the same version (a lookback overlap, a re-read tie) are not queued again.
+  same state transaction that advances the cursor. A lookback overlap is
+  queued again and found unchanged by apply (no write).
 * Draining claims due messages (one per record), applies them, and finishes
   them in the apply's transaction.
 
@@ -64,7 +64,11 @@ class LinkReport:
         self.counts.update(counts)
         if len(self.samples) < max_samples:
             for o in outcomes:
-                if o.action is not Action.UNCHANGED and len(self.samples) < max_samples:
+                if (
+                    o.action is not Action.UNCHANGED
+                    and not o.quiet
+                    and len(self.samples) < max_samples
+                ):
                     self.samples.append(o)
 
     def summary(self) -> dict[str, int]:
@@ -270,18 +274,15 @@ class Engine:
         cursor = saved.get("cursor") if saved else None
         captured = 0
         while True:
-            page = conn.read_changes(
-                obj, cursor, link.batch_size, lookback if captured == 0 else 0.0
-            )
+            page = conn.read_changes(obj, cursor, link.batch_size, lookback)
+            lookback = 0.0  # only the first page reaches back
             recs = page.records
+            # Every captured row is queued, even one seen before at the same
+            # version: with coarse stamps (MariaDB DATETIME has whole seconds)
+            # an equal version does not prove an equal record. Apply is
+            # idempotent and quiet, so a re-read costs a read, never a write.
+            fresh = [(r.id, "upsert", None if r.version is None else str(r.version)) for r in recs]
             with self.state.begin() as c:
-                seen = self.state.versions_by_source(c, name, [r.id for r in recs], side.value)
-                fresh = [
-                    (r.id, "upsert", None if r.version is None else str(r.version))
-                    for r in recs
-                    if r.id not in seen
-                    or seen[r.id] != (None if r.version is None else str(r.version))
-                ]
                 self.state.enqueue(c, name, side.value, fresh)
                 if page.cursor is not None:
                     self.state.set_cursor(
@@ -361,26 +362,35 @@ class Engine:
     ) -> None:
         """Dry run of an incremental pass: waiting messages plus changes since the cursors."""
         name = link.name
+        items: dict[tuple[Side, str], None] = {}
         for side, conn, obj in self._capture_sides(link, src, tgt):
             with self.state.connect() as c:
-                ids = dict.fromkeys(self.state.pending_ids(c, name, side.value))
+                for rid in self.state.pending_ids(c, name, side.value):
+                    items[(side, rid)] = None
                 saved = self.state.get_cursor(c, name, side.value, "incremental")
             cursor = saved.get("cursor") if saved else None
+            lookback = self._lookback(link, side)
             while True:
-                page = conn.read_changes(obj, cursor, link.batch_size, 0.0)
-                with self.state.connect() as c:
-                    seen = self.state.versions_by_source(
-                        c, name, [r.id for r in page.records], side.value
-                    )
+                page = conn.read_changes(obj, cursor, link.batch_size, lookback)
+                lookback = 0.0  # only the first page reaches back
                 for r in page.records:
-                    v = None if r.version is None else str(r.version)
-                    if r.id not in seen or seen[r.id] != v:
-                        ids[r.id] = None
+                    items[(side, r.id)] = None
                 cursor = page.cursor if page.cursor is not None else cursor
                 if not page.more:
                     break
-            report.counts["captured"] += len(ids)
-            keys = list(ids)
-            for i in range(0, len(keys), link.batch_size):
-                res = applier.apply([WorkItem(side, k) for k in keys[i : i + link.batch_size]])
-                report.add(res.counts, res.outcomes, max_samples)
+        # A pair changed on both sides is one decision, as in a real run.
+        tids = [rid for side, rid in items if side is Side.TARGET]
+        with self.state.connect() as c:
+            paired = self.state.identities_by_target(c, name, tids) if tids else {}
+        work: dict[tuple[Side, str], None] = {}
+        for side, rid in items:
+            if side is Side.TARGET and rid in paired:
+                work[(Side.SOURCE, paired[rid].source_id)] = None
+            else:
+                work[(side, rid)] = None
+        report.counts["captured"] += len(items)
+        keys = list(work)
+        for i in range(0, len(keys), link.batch_size):
+            chunk = keys[i : i + link.batch_size]
+            res = applier.apply([WorkItem(side, rid) for side, rid in chunk])
+            report.add(res.counts, res.outcomes, max_samples)

@@ -215,7 +215,8 @@ class StateStore:
         ins = self._upsert(S.messages)
         stmt = ins.on_conflict_do_update(
             index_elements=["link", "side", "record_id"],
-            index_where=S.messages.c.status == "pending",
+            # A literal predicate: executemany cannot carry a bound one here.
+            index_where=sa.text("status = 'pending'"),
             # The newest change wins; attempts restart because it is new work.
             set_={
                 "op": ins.excluded.op,
@@ -447,21 +448,6 @@ class StateStore:
             ):
                 ident = Identity(r[0], r[1], json.loads(r[2]), r[3], r[4], bool(r[5]))
                 out[ident.source_id if key == "source" else ident.target_id or ""] = ident
-        return out
-
-    def versions_by_source(
-        self, c: sa.Connection, link: str, ids: Sequence[str], side: str
-    ) -> dict[str, str | None]:
-        """Last applied version per id of one side (capture de-duplicates with it)."""
-        t = S.identities
-        id_col = t.c.source_id if side == "source" else t.c.target_id
-        ver_col = t.c.source_version if side == "source" else t.c.target_version
-        out: dict[str, str | None] = {}
-        for chunk in _chunks(list(ids), 500):
-            for rid, ver in c.execute(
-                sa.select(id_col, ver_col).where(t.c.link == link, id_col.in_(chunk))
-            ):
-                out[rid] = ver
         return out
 
     def save_identities(self, c: sa.Connection, link: str, rows: Sequence[dict[str, Any]]) -> None:

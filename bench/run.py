@@ -1,0 +1,205 @@
+"""crmsync benchmark: prints one `name: value` line per figure.
+
+Figures (all through the real engine, SQLite -> SQLite, on this machine):
+
+* migrate_records_per_s      initial migration of ROWS 12-field records
+* executemany_records_per_s  plain sqlite3 executemany insert of the same rows (the ceiling)
+* engine_vs_executemany      their ratio
+* peak_rss_mb                peak memory of the process that ran the migration
+* incremental_small_s        incremental run, CHANGES changes on a SMALL-row table
+* incremental_large_s        the same on a LARGE-row table
+* incremental_ratio          large / small (flat is the aim: cost follows changes)
+
+Each engine phase runs in its own subprocess so its peak memory is its own.
+Usage: python bench/run.py [--rows 200000] [--small 10000] [--large 1000000] [--changes 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+COLUMNS = (
+    "customer_no TEXT PRIMARY KEY, name TEXT, email TEXT, phone TEXT, city TEXT, country TEXT,"
+    " credit_limit NUMERIC(12,2), status TEXT, employees INTEGER, since DATE, active BOOLEAN,"
+    " changed_at DATETIME"
+)
+FIELDS = ["name", "email", "phone", "city", "country", "credit_limit", "status", "employees",
+          "since", "active"]
+
+CONFIG = """\
+state: sqlite:///{dir}/state.db
+systems:
+  erp:
+    connector: sql
+    url: sqlite:///{dir}/erp.db
+    objects:
+      customer: {{table: customers, key: customer_no, updated_at: changed_at}}
+  crm:
+    connector: sql
+    url: sqlite:///{dir}/crm.db
+    objects:
+      company: {{table: company, key: id, updated_at: updated_at}}
+links:
+  customers:
+    source: erp.customer
+    target: crm.company
+    match: {{customer_no: org_number}}
+    batch_size: 2000
+    fields:
+{fields}
+"""
+
+
+def _rows(n: int, seed: int = 1):
+    rng = random.Random(seed)
+    cities = ["Oslo", "Lyon", "Graz", "Porto", "Turku", "Gent"]
+    base = datetime(2026, 1, 1)
+    for i in range(n):
+        yield (
+            f"C{i:08d}", f"Customer {i}", f"c{i}@example.com", f"+47 {rng.randint(10**7, 10**8)}",
+            rng.choice(cities), "NO", f"{rng.randint(0, 10**6)}.{rng.randint(0, 99):02d}",
+            rng.choice("AI"), rng.randint(1, 5000),
+            f"20{rng.randint(10, 25)}-0{rng.randint(1, 9)}-1{rng.randint(0, 9)}",
+            rng.random() < 0.5, (base + timedelta(seconds=i)).strftime("%Y-%m-%d %H:%M:%S.%f"),
+        )
+
+
+def build(d: Path, n: int) -> None:
+    d.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(d / "erp.db") as c:
+        c.execute(f"CREATE TABLE customers ({COLUMNS})")
+        c.execute("CREATE INDEX ix_customers_changed ON customers (changed_at, customer_no)")
+        c.executemany("INSERT INTO customers VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", _rows(n))
+    with sqlite3.connect(d / "crm.db") as c:
+        c.execute(
+            "CREATE TABLE company (id INTEGER PRIMARY KEY AUTOINCREMENT, org_number TEXT,"
+            " name TEXT, email TEXT, phone TEXT, city TEXT, country TEXT,"
+            " credit_limit NUMERIC(12,2), status TEXT, employees INTEGER, since DATE,"
+            " active BOOLEAN, updated_at DATETIME)"
+        )
+        c.execute("CREATE UNIQUE INDEX ix_company_org ON company (org_number)")
+        c.execute("CREATE INDEX ix_company_updated ON company (updated_at, id)")
+    fields = "\n".join(f"      - {{source: {f}, target: {f}}}" for f in FIELDS)
+    (d / "crmsync.yaml").write_text(CONFIG.format(dir=d, fields=fields))
+
+
+def ceiling(d: Path, n: int) -> float:
+    """Plain executemany of the same rows into a fresh SQLite table."""
+    rows = list(_rows(n))
+    with sqlite3.connect(d / "ceiling.db") as c:
+        c.execute(f"CREATE TABLE customers ({COLUMNS})")
+        t0 = time.perf_counter()
+        c.executemany("INSERT INTO customers VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+        c.commit()
+        return n / (time.perf_counter() - t0)
+
+
+def run_engine(d: Path) -> dict[str, float]:
+    """Run one `sync` in a child process; returns its timing and peak memory."""
+    out = subprocess.run(
+        [sys.executable, str(Path(__file__)), "--child", str(d)],
+        check=True, capture_output=True, text=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def child(d: Path) -> None:
+    from crmsync.config.loader import load_config
+    from crmsync.connectors import build_connectors
+    from crmsync.engine.runner import Engine
+    from crmsync.state.store import StateStore
+
+    config = load_config(d / "crmsync.yaml")
+    connectors = build_connectors(config)
+    state = StateStore(config.state)
+    state.migrate()
+    engine = Engine(config, state, connectors)
+    engine.compiled("customers")  # reflection is set-up, not sync work
+    t0 = time.perf_counter()
+    (report,) = engine.sync()
+    elapsed = time.perf_counter() - t0
+    assert report.status == "ok", report.error
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"seconds": elapsed, "peak_mb": peak_kb / 1024,
+                      "counts": dict(report.counts)}))
+
+
+def touch(d: Path, changes: int, total: int) -> None:
+    rng = random.Random(5)
+    now = datetime(2027, 1, 1).strftime("%Y-%m-%d %H:%M:%S.%f")
+    keys = [f"C{i:08d}" for i in rng.sample(range(total), changes)]
+    with sqlite3.connect(d / "erp.db") as c:
+        c.executemany(
+            "UPDATE customers SET name = name || ' v2', changed_at = ? WHERE customer_no = ?",
+            [(now, k) for k in keys],
+        )
+
+
+def incremental(root: Path, rows: int, changes: int) -> float:
+    d = root / f"inc{rows}"
+    build(d, rows)
+    first = run_engine(d)
+    assert first["counts"].get("created") == rows, first
+    touch(d, changes, rows)
+    r = run_engine(d)
+    assert r["counts"].get("updated") == changes, r
+    return r["seconds"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=200_000)
+    ap.add_argument("--small", type=int, default=10_000)
+    ap.add_argument("--large", type=int, default=1_000_000)
+    ap.add_argument("--changes", type=int, default=1_000)
+    ap.add_argument("--child")
+    ap.add_argument("--keep", action="store_true", help="keep the work folder")
+    a = ap.parse_args()
+    if a.child:
+        child(Path(a.child))
+        return
+    root = Path(tempfile.mkdtemp(prefix="crmsync-bench-"))
+    try:
+        d = root / "migrate"
+        build(d, a.rows)
+        r = run_engine(d)
+        assert r["counts"].get("created") == a.rows, r
+        engine_rps = a.rows / r["seconds"]
+        ceil_rps = ceiling(root, a.rows)
+        print(f"rows: {a.rows}")
+        print(f"migrate_records_per_s: {engine_rps:,.0f}")
+        print(f"executemany_records_per_s: {ceil_rps:,.0f}")
+        print(f"engine_vs_executemany: {engine_rps / ceil_rps:.3f}")
+        print(f"peak_rss_mb: {r['peak_mb']:.1f}")
+        sys.stdout.flush()
+        small = incremental(root, a.small, a.changes)
+        large = incremental(root, a.large, a.changes)
+        print(f"incremental_small_rows: {a.small}")
+        print(f"incremental_large_rows: {a.large}")
+        print(f"incremental_changes: {a.changes}")
+        print(f"incremental_small_s: {small:.3f}")
+        print(f"incremental_large_s: {large:.3f}")
+        print(f"incremental_ratio: {large / small:.2f}")
+    finally:
+        if not a.keep:
+            shutil.rmtree(root, ignore_errors=True)
+        else:
+            print(f"work folder: {root}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

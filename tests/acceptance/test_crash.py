@@ -1,0 +1,122 @@
+"""Crash safety: `crmsync sync` killed with SIGKILL at random points during a migration.
+
+The final state after the kills and one last clean run must equal an
+uninterrupted run: every record present once, with the same values.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+N = 6000
+CONFIG = """\
+state: sqlite:///{dir}/state.db
+systems:
+  erp:
+    connector: sql
+    url: sqlite:///{dir}/erp.db
+    objects:
+      customer: {{table: customers, key: customer_no, updated_at: changed_at}}
+  crm:
+    connector: sql
+    url: sqlite:///{dir}/crm.db
+    objects:
+      company: {{table: company, key: id, updated_at: updated_at}}
+links:
+  customers:
+    source: erp.customer
+    target: crm.company
+    match: {{customer_no: org_number}}
+    fields:
+      - {{source: name, target: name}}
+      - {{source: city, target: city}}
+      - {{source: credit_limit, target: credit_limit}}
+    batch_size: 100
+"""
+
+
+def _build(d: Path) -> None:
+    d.mkdir(parents=True)
+    rng = random.Random(7)
+    with sqlite3.connect(d / "erp.db") as c:
+        c.execute(
+            "CREATE TABLE customers (customer_no TEXT PRIMARY KEY, name TEXT, city TEXT,"
+            " credit_limit NUMERIC(12,2), changed_at DATETIME)"
+        )
+        c.executemany(
+            "INSERT INTO customers VALUES (?,?,?,?,?)",
+            [
+                (f"C{i:06d}", f"Customer {i}", rng.choice(["Oslo", "Lyon", "Graz"]),
+                 f"{rng.randint(0, 99999)}.50", "2026-01-01 10:00:00.000000")
+                for i in range(N)
+            ],
+        )
+    with sqlite3.connect(d / "crm.db") as c:
+        # No unique constraint on org_number on purpose: a duplicate create
+        # must show up as a duplicate row, not be hidden by the database.
+        c.execute(
+            "CREATE TABLE company (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT,"
+            " org_number TEXT, city TEXT, credit_limit NUMERIC(12,2), updated_at DATETIME)"
+        )
+        c.executemany(
+            "INSERT INTO company (name, org_number, updated_at) VALUES (?,?,?)",
+            [(f"Old {i}", f"C{i:06d}", "2026-01-01 09:00:00") for i in range(0, N, 10)],
+        )
+    (d / "crmsync.yaml").write_text(CONFIG.format(dir=d))
+
+
+def _cmd(d: Path) -> list[str]:
+    return [sys.executable, "-m", "crmsync", "sync", "-c", str(d / "crmsync.yaml")]
+
+
+def _content(d: Path) -> list[tuple[object, ...]]:
+    with sqlite3.connect(d / "crm.db") as c:
+        return c.execute(
+            "SELECT org_number, name, city, credit_limit FROM company ORDER BY org_number, id"
+        ).fetchall()
+
+
+@pytest.mark.slow
+def test_kill_dash_nine_during_migration_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    ref = tmp_path / "ref"
+    _build(ref)
+    t0 = time.monotonic()
+    subprocess.run(_cmd(ref), check=True, env=env, capture_output=True, timeout=300)
+    clean_time = time.monotonic() - t0
+    expected = _content(ref)
+    assert len(expected) == N
+    assert len({r[0] for r in expected}) == N
+
+    crash = tmp_path / "crash"
+    _build(crash)
+    rng = random.Random(int(os.environ.get("CRASH_SEED", "11")))
+    kills = 0
+    for _ in range(8):
+        p = subprocess.Popen(_cmd(crash), env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+        # Interpreter start-up is part of clean_time; aim inside the work.
+        time.sleep(rng.uniform(0.35, 0.95) * clean_time)
+        if p.poll() is None:
+            p.send_signal(signal.SIGKILL)
+            kills += 1
+        p.wait(timeout=60)
+    assert kills >= 5, f"only {kills} kills landed; the run finished too fast to test"
+    done = subprocess.run(_cmd(crash), env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert _content(crash) == expected
+    # and a further run finds nothing to do
+    again = subprocess.run(_cmd(crash), env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0
+    assert _content(crash) == expected
+    shutil.rmtree(tmp_path, ignore_errors=True)
