@@ -87,6 +87,20 @@ def _field_type(t: sa.types.TypeEngine[Any]) -> FieldType:
 
 
 _NONE = type(None)
+# Types PostgreSQL takes as typed arrays from psycopg lists (fast multi-row insert).
+_PG_ARRAY_OK = (sa.String, sa.Integer, sa.Numeric, sa.Boolean, sa.Date, sa.DateTime, sa.Uuid)
+
+
+def _pg_item_type(t: sa.types.TypeEngine[Any]) -> sa.types.TypeEngine[Any]:
+    """Array element type without length/scale: an explicit cast to varchar(n)
+    would silently truncate, while the column assignment rejects an over-long value."""
+    if isinstance(t, sa.Enum):
+        return t
+    if isinstance(t, sa.String):
+        return sa.String()
+    if isinstance(t, sa.Numeric) and not isinstance(t, sa.Float):
+        return sa.Numeric()
+    return t
 
 
 def _convert(kind: str, col: Sequence[Any], sep: str) -> list[Any] | Sequence[Any] | None:
@@ -310,6 +324,17 @@ class SqlConnector(Connector):
             need("deleted.field", cfg.deleted.field)
 
         key_generated = self._key_generated(table, key_col)
+        default = key_col.server_default
+        if (
+            key_generated
+            and self._dialect == "postgresql"
+            and isinstance(default, sa.DefaultClause)
+            and str(getattr(default.arg, "text", default.arg)).startswith("nextval(")
+        ):
+            # A reflected SERIAL looks like an opaque server default, so SQLAlchemy
+            # would insert row by row to return keys in order. Seen as SERIAL (the
+            # database still fills it), multi-row INSERT ... RETURNING keeps order.
+            key_col.server_default = None
         fields: dict[str, FieldSpec] = {}
         for c in cols:
             t = c.type
@@ -681,17 +706,21 @@ class SqlConnector(Connector):
     def _run(self, conn: Connection, o: _Obj, u: _Unit, part: slice, out: WriteResult) -> None:
         if u.kind in ("create", "upsert"):
             new = None
-            if self._dialect == "sqlite" and part == slice(None):
-                new = self._sqlite_insert(conn, o, u)
+            if part == slice(None):
+                if self._dialect == "sqlite":
+                    new = self._sqlite_insert(conn, o, u)
+                elif self._dialect == "postgresql":
+                    new = self._pg_insert(conn, o, u)
             if new is None:
                 res = conn.execute(u.stmt, u.get_params()[part])
                 if u.kind == "create":
                     new = [row[0] for row in res]
             if u.kind == "upsert":
                 new = u.ids[part]
-            elif self._dialect == "sqlite":
-                # One transaction, rowids assigned in VALUES order: ascending ids
-                # are the input order (SQLite's RETURNING order itself is arbitrary).
+            elif self._dialect in ("sqlite", "postgresql"):
+                # Keys are assigned ascending in insertion order (rowid, sequence)
+                # and we insert in input order, so ascending keys are the input
+                # order; RETURNING's own row order is not guaranteed by either.
                 new.sort()
             for idx, key in zip(u.indices[part], new, strict=True):
                 out.created[idx] = str(key)
@@ -741,6 +770,43 @@ class SqlConnector(Connector):
         if u.kind != "create":
             return []
         return list(map(itemgetter(0), res.cursor.fetchall()))
+
+    def _pg_insert(self, conn: Connection, o: _Obj, u: _Unit) -> list[Any] | None:
+        """INSERT ... SELECT FROM unnest(arrays) ORDER BY ordinality (PostgreSQL).
+
+        One array parameter per column instead of one placeholder per value:
+        psycopg parses a statement with thousands of placeholders slowly.
+        """
+        rows, names, n = u.rows, u.names, len(u.rows)
+        if not n or not all(isinstance(o.table.c[c].type, _PG_ARRAY_OK) for c in names):
+            return None
+        data = names[:-1] if u.stamp is not None else names
+        params = {f"a{j}": [r[c] for r in rows] for j, c in enumerate(data)}
+        if u.stamp is not None:
+            params[f"a{len(data)}"] = [u.stamp] * n
+        stmt = self._stmt(o, ("pg", u.kind, names), lambda: self._pg_stmt(o, u.kind, names))
+        res = conn.execute(stmt, params)
+        return [row[0] for row in res] if u.kind == "create" else []
+
+    def _pg_stmt(self, o: _Obj, kind: str, names: tuple[str, ...]) -> Any:
+        table = o.table
+        cols = [table.c[c] for c in names]
+        arrays = [
+            sa.bindparam(f"a{j}", type_=postgresql.ARRAY(_pg_item_type(c.type)))
+            for j, c in enumerate(cols)
+        ]
+        labels = [f"c{j}" for j in range(len(cols))]
+        tv = (
+            sa.func.unnest(*arrays)
+            .table_valued(*labels, with_ordinality="ord")
+            .render_derived(name="u")
+        )
+        sel = sa.select(*[tv.c[x] for x in labels]).order_by(tv.c.ord)
+        if kind == "create":
+            return table.insert().from_select(cols, sel).returning(o.key_col)
+        return self._on_conflict(
+            o, postgresql.insert(table).from_select(cols, sel), frozenset(names)
+        )
 
     def _fast_sql(
         self, o: _Obj, kind: str, names: tuple[str, ...], n: int
