@@ -521,3 +521,19 @@ def test_unavailable_after_describe(db, db_url, conn):
         conn.write("plain", creates=[{"id": 1, "v": "x"}])
     with pytest.raises(SystemUnavailable):
         conn.read_changes("plain", None, 10)
+
+
+def test_mixed_creates_in_one_batch(conn):
+    """Different field sets, given and generated keys: each result at its own index."""
+    creates = [
+        {"name": "gen1"},
+        {"id": 500, "name": "given"},
+        {"name": "gen2", "email": "e@x.y"},
+        {"id": None, "name": "gen3"},
+        {"name": "gen4"},
+    ]
+    res = conn.write("customers", creates=creates)
+    assert not res.errors and res.created[1] == "500" and all(res.created)
+    got = conn.read("customers", res.created)
+    assert [got[i].values["name"] for i in res.created] == [c["name"] for c in creates]
+    assert got[res.created[2]].values["email"] == "e@x.y"
