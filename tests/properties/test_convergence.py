@@ -57,6 +57,12 @@ class BothWaySync(RuleBasedStateMachine):
         self.sc.crm_update(rec, **{field: value})
         self.edits.setdefault((rec, field), {})["target"] = value
 
+    @rule(rec=st.sampled_from(RECORDS), field=st.sampled_from(FIELDS), a=VALUES, b=VALUES)
+    def edit_both(self, rec: str, field: str, a: str, b: str) -> None:
+        # Both sides edit one field before the next sync: a conflict when a != b.
+        self.edit_source(rec, field, a)
+        self.edit_target(rec, field, b)
+
     @rule()
     def sync(self) -> None:
         self.sc.sync()
@@ -96,7 +102,7 @@ class BothWaySyncTargetWins(BothWaySync):
 
 
 _settings = settings(
-    max_examples=15, stateful_step_count=12, deadline=None,
+    max_examples=20, stateful_step_count=15, deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
 
