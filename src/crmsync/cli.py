@@ -52,10 +52,14 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
 
 
 def _load(path: Path) -> Config:
-    from crmsync.config.loader import load_config
+    return _load_with_lines(path)[0]
+
+
+def _load_with_lines(path: Path) -> tuple[Config, Any]:
+    from crmsync.config.loader import load_config_with_lines
 
     try:
-        return load_config(path)
+        return load_config_with_lines(path)
     except ConfigError as exc:
         for loc, msg in exc.problems:
             err.print(f"{loc}: {msg}", markup=False, soft_wrap=True)
@@ -82,13 +86,13 @@ def _engine(path: Path, *, readonly: bool = False) -> Iterator[Any]:
             c.close()
 
 
-def _live_problems(config: Config, path: Path) -> list[tuple[str, str]]:
+def _live_problems(config: Config, path: Path, smap: Any) -> list[tuple[str, str]]:
     from crmsync.config.check import check_config
     from crmsync.connectors import build_connectors
 
     connectors = build_connectors(config)
     try:
-        return check_config(config, connectors, str(path))
+        return check_config(config, connectors, str(path), smap.locate)
     finally:
         for c in connectors.values():
             c.close()
@@ -97,8 +101,8 @@ def _live_problems(config: Config, path: Path) -> list[tuple[str, str]]:
 @app.command()
 def check(config: ConfigOpt = Path("crmsync.yaml")) -> None:
     """Validate the config file and the live systems it names."""
-    cfg = _load(config)
-    problems = _live_problems(cfg, config)
+    cfg, smap = _load_with_lines(config)
+    problems = _live_problems(cfg, config, smap)
     if problems:
         for loc, msg in problems:
             err.print(f"{loc}: {_redact(msg)}", markup=False, soft_wrap=True)
@@ -121,8 +125,8 @@ def check(config: ConfigOpt = Path("crmsync.yaml")) -> None:
 
 
 def _refuse_if_invalid(config: Path) -> None:
-    cfg = _load(config)
-    problems = _live_problems(cfg, config)
+    cfg, smap = _load_with_lines(config)
+    problems = _live_problems(cfg, config, smap)
     if problems:
         for loc, msg in problems:
             err.print(f"{loc}: {_redact(msg)}", markup=False, soft_wrap=True)
