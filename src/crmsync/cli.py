@@ -206,7 +206,7 @@ def plan(
             if o.message:
                 head += f": {o.message}"
             out.print(head, markup=False, soft_wrap=True)
-            for line in _field_lines([f.to_json() for f in o.fields])[:8]:
+            for line in _field_lines([f.to_json() for f in o.all_fields()])[:8]:
                 out.print(f"      {line}", markup=False, soft_wrap=True)
 
 

@@ -153,6 +153,20 @@ class Outcome:
     matched: bool = False
     # Nothing new happened (e.g. a rejection already reported): not logged.
     quiet: bool = False
+    # For a create: the canonical values written (``fields`` then holds only
+    # the rejected ones); expanded by ``all_fields``.
+    created: dict[str, Any] | None = None
+
+    def all_fields(self) -> list[FieldOutcome]:
+        """Every field's outcome, a create's written fields included."""
+        if self.created is None:
+            return self.fields
+        written = [
+            FieldOutcome(k, FieldStatus.UPDATED, "target", None, v)
+            for k, v in self.created.items()
+            if not k.startswith("~")
+        ]
+        return written + self.fields
 
     @property
     def conflicts(self) -> int:

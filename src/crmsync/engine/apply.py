@@ -213,7 +213,7 @@ class Applier:
                         )
                         continue
                     _remember_rejections(shadow, fouts)
-                    out = Outcome(name, sid, None, Action.CREATED, fouts)
+                    out = Outcome(name, sid, None, Action.CREATED, fouts, created=shadow)
                     decided.append(
                         _Pending(
                             sid, None, out, shadow, _v(rec.version), None, create_index=len(creates)
@@ -312,19 +312,26 @@ class Applier:
                 p.save_identity = False
             res.outcomes.append(out)
             _count(res.counts, out)
+            shadow_json = None
             if p.save_identity and p.shadow is not None and not self.dry_run:
+                # Encoded once: the identity's shadow and a create's log entry share it.
+                shadow_json = dumps(p.shadow)
                 identity_rows.append(
                     {
                         "source_id": p.source_id,
                         "target_id": p.target_id,
-                        "shadow": p.shadow,
+                        "shadow": shadow_json,
                         "source_version": p.source_version,
                         "target_version": p.target_version,
                         "deleted": p.deleted,
                     }
                 )
             if out.action is not Action.UNCHANGED and not out.quiet:
-                outcome_rows.append(self._outcome_row(out, now))
+                if out.action is Action.CREATED and shadow_json is not None:
+                    fields_json = '{"created":' + shadow_json + "}"
+                else:
+                    fields_json = dumps([f.to_json() for f in out.fields])
+                outcome_rows.append(self._outcome_row(out, now, fields_json))
 
         for mid, sid in msg_pair.items():
             if sid in failed_pairs:
@@ -479,7 +486,7 @@ class Applier:
                 ambiguous[sid] = "the matching target record is already paired with another record"
         return matched, ambiguous
 
-    def _outcome_row(self, out: Outcome, now: Any) -> dict[str, Any]:
+    def _outcome_row(self, out: Outcome, now: Any, fields_json: str) -> dict[str, Any]:
         return {
             "run_id": self.run_id,
             "link": out.link,
@@ -487,7 +494,7 @@ class Applier:
             "target_ref": self.tprefix + out.target_id if out.target_id else None,
             "action": out.action.value,
             "status": outcome_status(out),
-            "fields": dumps([f.to_json() for f in out.fields]),
+            "fields": fields_json,
             "message": out.message,
             "at": now,
         }

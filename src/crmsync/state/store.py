@@ -63,6 +63,12 @@ class StateStore:
         self.readonly = readonly
         self.engine = self._open(url, readonly)
         self.dialect = self.engine.dialect.name
+        self._compiled: dict[int, Any] = {}
+        self._keep: list[Any] = []  # statements whose compiled form is cached
+        self._identity_upsert = self._build_identity_upsert()
+        self._outcome_insert = sa.insert(S.outcomes).values(
+            {k: sa.bindparam(k) for k in OUTCOME_COLUMNS}
+        )
 
     # -- opening -----------------------------------------------------------
     def _open(self, url: str, readonly: bool) -> sa.Engine:
@@ -150,6 +156,26 @@ class StateStore:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    def _executemany(self, c: sa.Connection, stmt: Any, rows: list[dict[str, Any]]) -> None:
+        """Run a fixed statement for many rows at driver level.
+
+        SQLAlchemy's per-row parameter processing costs more than SQLite's own
+        insert on the migration's hot path; the statement is still built with
+        Core and compiled once, only the rows skip the per-row machinery.
+        """
+        key = id(stmt)
+        compiled = self._compiled.get(key)
+        if compiled is None:
+            compiled = stmt.compile(dialect=self.engine.dialect)
+            self._compiled[key] = compiled
+            self._keep.append(stmt)
+        if compiled.positiontup is not None:  # SQLite (qmark)
+            order = compiled.positiontup
+            params: list[Any] = [tuple(_bindable(r[k]) for k in order) for r in rows]
+        else:  # psycopg binds Python values natively
+            params = rows
+        c.exec_driver_sql(compiled.string, params)
 
     def _upsert(self, table: sa.Table) -> Any:
         if self.dialect == "postgresql":
@@ -460,7 +486,7 @@ class StateStore:
                 "link": link,
                 "source_id": r["source_id"],
                 "target_id": r["target_id"],
-                "shadow": dumps(r["shadow"]),
+                "shadow": r["shadow"] if isinstance(r["shadow"], str) else dumps(r["shadow"]),
                 "source_version": r.get("source_version"),
                 "target_version": r.get("target_version"),
                 "deleted": bool(r.get("deleted", False)),
@@ -468,22 +494,18 @@ class StateStore:
             }
             for r in rows
         ]
-        ins = self._upsert(S.identities)
-        stmt = ins.on_conflict_do_update(
-            index_elements=["link", "source_id"],
-            set_={
-                k: getattr(ins.excluded, k)
-                for k in (
-                    "target_id",
-                    "shadow",
-                    "source_version",
-                    "target_version",
-                    "deleted",
-                    "updated_at",
-                )
-            },
+        self._executemany(c, self._identity_upsert, payload)
+
+    def _build_identity_upsert(self) -> Any:
+        if self.dialect not in ("sqlite", "postgresql"):
+            return None
+        ins = self._upsert(S.identities).values(
+            {k: sa.bindparam(k) for k in IDENTITY_COLUMNS}
         )
-        c.execute(stmt, payload)
+        return ins.on_conflict_do_update(
+            index_elements=["link", "source_id"],
+            set_={k: getattr(ins.excluded, k) for k in IDENTITY_COLUMNS[2:]},
+        )
 
     def scrub_identities(self, c: sa.Connection, link: str) -> None:
         c.execute(sa.delete(S.identities).where(S.identities.c.link == link))
@@ -510,7 +532,7 @@ class StateStore:
 
     def add_outcomes(self, c: sa.Connection, rows: Sequence[dict[str, Any]]) -> None:
         if rows:
-            c.execute(sa.insert(S.outcomes), list(rows))
+            self._executemany(c, self._outcome_insert, list(rows))
 
     def outcomes(
         self,
@@ -531,7 +553,7 @@ class StateStore:
         with self.connect() as c:
             rows = [dict(r._mapping) for r in c.execute(q)]
         for r in rows:
-            r["fields"] = json.loads(r["fields"])
+            r["fields"] = expand_fields(json.loads(r["fields"]))
         return rows
 
     def runs(self, link: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
@@ -544,6 +566,41 @@ class StateStore:
         for x in out:
             x["counts"] = json.loads(x["counts"])
         return out
+
+
+IDENTITY_COLUMNS = (
+    "link", "source_id", "target_id", "shadow", "source_version", "target_version",
+    "deleted", "updated_at",
+)
+OUTCOME_COLUMNS = (
+    "run_id", "link", "source_ref", "target_ref", "action", "status", "fields", "message", "at",
+)
+_TS = "%Y-%m-%d %H:%M:%S.%f"
+
+
+def _bindable(v: Any) -> Any:
+    # SQLAlchemy's SQLite DateTime text form, so text comparisons stay ordered.
+    return v.strftime(_TS) if isinstance(v, datetime) else v
+
+
+def expand_fields(stored: Any) -> list[dict[str, Any]]:
+    """Per-field outcomes from a log row.
+
+    A create is stored compactly as ``{"created": <shadow>}`` (the same JSON
+    text as the identity's shadow, encoded once); every field in it was
+    written from nothing, and ``~rejected`` lists the fields refused.
+    """
+    if not isinstance(stored, dict):
+        return list(stored)
+    shadow = stored.get("created", {})
+    out: list[dict[str, Any]] = [
+        {"field": k, "status": "updated", "side": "target", "old": None, "new": v}
+        for k, v in shadow.items()
+        if not k.startswith("~")
+    ]
+    for k, reason in shadow.get("~rejected", {}).items():
+        out.append({"field": k, "status": "rejected", "reason": reason})
+    return out
 
 
 def _chunks(seq: Sequence[Any], n: int) -> Iterator[Sequence[Any]]:
