@@ -292,6 +292,7 @@ class Applier:
         outcome_rows: list[dict[str, Any]] = []
         failed_pairs: dict[str, str] = {}
         now = utcnow()
+        at = self.state.ts(now)
         for p in decided:
             out = p.outcome
             err: str | None = None
@@ -331,7 +332,7 @@ class Applier:
                     fields_json = '{"created":' + shadow_json + "}"
                 else:
                     fields_json = dumps([f.to_json() for f in out.fields])
-                outcome_rows.append(self._outcome_row(out, now, fields_json))
+                outcome_rows.append(self._outcome_row(out, at, fields_json))
 
         for mid, sid in msg_pair.items():
             if sid in failed_pairs:

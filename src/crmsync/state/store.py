@@ -8,6 +8,7 @@ the caller's transaction, so capture and apply decide what commits together.
 from __future__ import annotations
 
 import json
+import operator
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -170,12 +171,16 @@ class StateStore:
             compiled = stmt.compile(dialect=self.engine.dialect)
             self._compiled[key] = compiled
             self._keep.append(stmt)
-        if compiled.positiontup is not None:  # SQLite (qmark)
-            order = compiled.positiontup
-            params: list[Any] = [tuple(_bindable(r[k]) for k in order) for r in rows]
+        if compiled.positiontup is not None:  # SQLite (qmark): values as stored text
+            pick = operator.itemgetter(*compiled.positiontup)
+            params: list[Any] = [pick(r) for r in rows]
         else:  # psycopg binds Python values natively
             params = rows
         c.exec_driver_sql(compiled.string, params)
+
+    def ts(self, when: datetime) -> Any:
+        """A timestamp as a driver-level insert binds it (formatted once per batch)."""
+        return when.strftime(_TS) if self.dialect == "sqlite" else when
 
     def _upsert(self, table: sa.Table) -> Any:
         if self.dialect == "postgresql":
@@ -480,7 +485,7 @@ class StateStore:
         """Upsert identity rows (source_id, target_id, shadow dict, versions, deleted)."""
         if not rows:
             return
-        now = utcnow()
+        now = self.ts(utcnow())
         payload = [
             {
                 "link": link,
@@ -575,12 +580,8 @@ IDENTITY_COLUMNS = (
 OUTCOME_COLUMNS = (
     "run_id", "link", "source_ref", "target_ref", "action", "status", "fields", "message", "at",
 )
+# SQLAlchemy's SQLite DateTime text form, so text comparisons stay ordered.
 _TS = "%Y-%m-%d %H:%M:%S.%f"
-
-
-def _bindable(v: Any) -> Any:
-    # SQLAlchemy's SQLite DateTime text form, so text comparisons stay ordered.
-    return v.strftime(_TS) if isinstance(v, datetime) else v
 
 
 def expand_fields(stored: Any) -> list[dict[str, Any]]:
