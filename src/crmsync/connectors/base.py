@@ -101,6 +101,10 @@ class Connector(ABC):
     def scan(self, obj: str, after_id: str | None, limit: int) -> list[Record]:
         """Every record in key order after ``after_id`` (full runs)."""
 
+    def count(self, obj: str) -> int | None:
+        """How many records the object has, for progress bars (None: unknown)."""
+        return None
+
     @abstractmethod
     def read(self, obj: str, ids: Sequence[str]) -> dict[str, Record]:
         """Records by id; ids that do not exist are absent from the result."""

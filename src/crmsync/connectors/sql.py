@@ -593,6 +593,12 @@ class SqlConnector(Connector):
         text = value if isinstance(value, str) else value.isoformat()
         return {"ts": text, "key": None}
 
+    def count(self, obj: str) -> int | None:
+        o = self._obj(obj)
+        stmt = self._stmt(o, "count", lambda: sa.select(sa.func.count()).select_from(o.table))
+        with self._guard(), self._engine.connect() as conn:
+            return int(self._execute(conn, o, stmt, {})[0][0])
+
     def scan(self, obj: str, after_id: str | None, limit: int) -> list[Record]:
         o = self._obj(obj)
         key_col = o.key_col

@@ -218,6 +218,7 @@ class Engine:
         after = mig.get("after")
         done = 0
         batch = link.batch_size
+        total = src.count(sobj)
         while True:
             page = src.scan(sobj, after, batch)
             if not page:
@@ -239,7 +240,7 @@ class Engine:
             )
             report.add(res.counts, res.outcomes, max_samples)
             done += len(page)
-            self.progress(name, "migrate", done, None)
+            self.progress(name, "migrate", done, total)
             after = last
             if len(page) < batch:
                 break
