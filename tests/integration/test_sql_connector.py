@@ -537,3 +537,28 @@ def test_mixed_creates_in_one_batch(conn):
     got = conn.read("customers", res.created)
     assert [got[i].values["name"] for i in res.created] == [c["name"] for c in creates]
     assert got[res.created[2]].values["email"] == "e@x.y"
+
+
+def test_count_does_not_disturb_typed_reads(db_url: str) -> None:
+    """count() before a scan must leave dates, decimals and booleans typed."""
+    engine = sa.create_engine(db_url)
+    md = sa.MetaData()
+    t = sa.Table(
+        "counted",
+        md,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("d", sa.Date),
+        sa.Column("amount", sa.Numeric(10, 2)),
+    )
+    md.create_all(engine)
+    with engine.begin() as c:
+        c.execute(t.insert(), [{"id": 1, "d": date(2024, 5, 1), "amount": Decimal("1.50")}])
+    engine.dispose()
+    conn = SqlConnector("s", db_url, {"o": ObjectConfig(table="counted", key="id")})
+    try:
+        assert conn.count("o") == 1
+        (rec,) = conn.scan("o", None, 10)
+        assert rec.values["d"] == date(2024, 5, 1)
+        assert rec.values["amount"] == Decimal("1.50")
+    finally:
+        conn.close()

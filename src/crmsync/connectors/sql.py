@@ -596,8 +596,10 @@ class SqlConnector(Connector):
     def count(self, obj: str) -> int | None:
         o = self._obj(obj)
         stmt = self._stmt(o, "count", lambda: sa.select(sa.func.count()).select_from(o.table))
+        # Not through _execute: that caches row processors for the object's
+        # own column list, which a one-column count must not set.
         with self._guard(), self._engine.connect() as conn:
-            return int(self._execute(conn, o, stmt, {})[0][0])
+            return int(conn.execute(stmt).scalar_one())
 
     def scan(self, obj: str, after_id: str | None, limit: int) -> list[Record]:
         o = self._obj(obj)
