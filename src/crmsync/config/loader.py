@@ -33,7 +33,7 @@ _NAME = re.compile(NAME_RE)
 _VAR = re.compile(r"\$\$\{|\$\{([^}]*)\}")
 _VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Labels pydantic puts into error locations for union branches (our Tag names).
-_TAGS = frozenset({"AllOf", "AnyOf", "Condition", "SetAction", "mode"})
+_TAGS = frozenset({"AllOf", "AnyOf", "Condition", "SetAction", "mode", "sql", "webhook"})
 
 
 # -- key paths and lines -------------------------------------------------
@@ -368,6 +368,14 @@ def _validation_problems(exc: ValidationError, data: Any, smap: SourceMap) -> li
             )
         elif kind in ("criteria", "on_delete"):
             msg = f"{e['msg']}; got {_show(inp)}"
+        elif kind == "union_tag_invalid":
+            path = path + ".connector" if path else "connector"
+            msg = (
+                f"expected one of {ctx.get('expected_tags')}; got {ctx.get('tag')!r}"
+            )
+        elif kind == "union_tag_not_found":
+            path = path + ".connector" if path else "connector"
+            msg = "expected a connector (sql or webhook)"
         else:
             msg = f"{e['msg']}; got {_show(inp)}"
         problems.append((smap.locate(path), redact(msg)))

@@ -19,6 +19,11 @@ from pydantic import (
 
 NAME_RE = r"^[A-Za-z_][A-Za-z0-9_\-]*$"
 
+FieldTypeName = Literal[
+    "string", "integer", "decimal", "boolean", "date", "datetime", "choice", "reference",
+    "document", "list",
+]
+
 
 class _Strict(BaseModel):
     # Unknown keys are errors: a typo must never be silently ignored.
@@ -54,9 +59,15 @@ class ObjectConfig(_Strict):
 
 
 class SystemConfig(_Strict):
+    """A system reached through SQL (any SQLAlchemy URL)."""
+
     connector: Literal["sql"] = Field(description="how crmsync reaches the system")
     url: str = Field(description="SQLAlchemy URL; use ${VAR} for secrets")
     objects: dict[str, ObjectConfig] = Field(min_length=1)
+    webhook_secret: str | None = Field(
+        None,
+        description="Standard Webhooks secret (whsec_...) for POST /hooks/SYSTEM; use ${VAR}",
+    )
 
     @field_validator("objects")
     @classmethod
@@ -65,6 +76,37 @@ class SystemConfig(_Strict):
             if not re.match(NAME_RE, name):
                 raise ValueError(f"object name {name!r} must match {NAME_RE}")
         return v
+
+
+class PushedObjectConfig(_Strict):
+    """An object of a push-only system: its typed fields are declared here."""
+
+    key: str = Field("id", description="name of the id field in pushed changes")
+    fields: dict[str, FieldTypeName] = Field(
+        min_length=1, description="field name: type (string, integer, decimal, ...)"
+    )
+    deleted: DeletedMarker | None = None
+
+
+class WebhookSystemConfig(_Strict):
+    """A push-only system: its records are whatever it last pushed, kept by crmsync."""
+
+    connector: Literal["webhook"] = Field(description="how crmsync reaches the system")
+    webhook_secret: str = Field(
+        description="Standard Webhooks secret (whsec_...) that signs its deliveries; use ${VAR}"
+    )
+    objects: dict[str, PushedObjectConfig] = Field(min_length=1)
+
+    @field_validator("objects")
+    @classmethod
+    def _names(cls, v: dict[str, PushedObjectConfig]) -> dict[str, PushedObjectConfig]:
+        for name in v:
+            if not re.match(NAME_RE, name):
+                raise ValueError(f"object name {name!r} must match {NAME_RE}")
+        return v
+
+
+AnySystem = Annotated[SystemConfig | WebhookSystemConfig, Field(discriminator="connector")]
 
 
 class Op(StrEnum):
@@ -207,6 +249,21 @@ class LinkConfig(_Strict):
     ] = Field("ignore", description="what a delete at the source does to the target")
     batch_size: int = Field(500, ge=1, le=10_000)
     enabled: bool = True
+    schedule: str | None = Field(
+        None,
+        description="run every interval (1m to 24h, e.g. 15m or 2h) or on a "
+        "cron expression ('0 * * * *'); without it the link runs only when triggered",
+    )
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        from crmsync.schedule import parse_schedule
+
+        parse_schedule(v)  # raises ValueError saying what was expected
+        return v
 
     @field_validator("source", "target")
     @classmethod
@@ -245,7 +302,7 @@ class Config(_Strict):
     """A crmsync.yaml file."""
 
     state: str = Field("sqlite:///crmsync.db", description="state database URL")
-    systems: dict[str, SystemConfig] = Field(min_length=1)
+    systems: dict[str, AnySystem] = Field(min_length=1)
     links: dict[str, LinkConfig] = Field(min_length=1)
 
     @field_validator("systems", "links")

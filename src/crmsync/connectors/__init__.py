@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from crmsync.config.models import Config
 from crmsync.connectors.base import Capabilities, ChangePage, Connector, Cursor, WriteResult
+from crmsync.state.store import StateStore
 
 __all__ = [
     "Capabilities",
@@ -15,14 +16,24 @@ __all__ = [
 ]
 
 
-def build_connectors(config: Config) -> dict[str, Connector]:
-    """One connector per configured system (connections open lazily)."""
+def build_connectors(config: Config, state: StateStore | None = None) -> dict[str, Connector]:
+    """One connector per configured system (connections open lazily).
+
+    Push-only (``webhook``) systems keep their records in the state database,
+    so they need ``state``.
+    """
     from crmsync.connectors.sql import SqlConnector
 
     out: dict[str, Connector] = {}
     for name, sys_cfg in config.systems.items():
         if sys_cfg.connector == "sql":
             out[name] = SqlConnector(name, sys_cfg.url, sys_cfg.objects)
+        elif sys_cfg.connector == "webhook":
+            from crmsync.connectors.webhook import WebhookConnector
+
+            if state is None:
+                raise ValueError(f"system {name!r} is push-only: it needs the state database")
+            out[name] = WebhookConnector(name, sys_cfg, state)
         else:  # pragma: no cover - the config model admits only known connectors
             raise ValueError(f"unknown connector {sys_cfg.connector!r}")
     return out

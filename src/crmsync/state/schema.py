@@ -50,6 +50,10 @@ messages = sa.Table(
     sa.Column("created_at", sa.DateTime, nullable=False),
     sa.Column("updated_at", sa.DateTime, nullable=False),
     sa.Column("last_error", sa.Text, nullable=True),
+    # v2: a running message belongs to one worker until its lease ends; a
+    # worker killed mid-batch leaves it for others once the lease is over.
+    sa.Column("claimed_by", sa.String(64), nullable=True),
+    sa.Column("lease_until", sa.DateTime, nullable=True),
 )
 sa.Index(
     "crmsync_messages_one_pending",
@@ -112,12 +116,90 @@ sa.Index("crmsync_outcomes_target", outcomes.c.target_ref)
 sa.Index("crmsync_outcomes_link_status", outcomes.c.link, outcomes.c.status)
 
 
+# -- v2: the service -----------------------------------------------------------
+
+# API tokens: only a hash is kept; the token itself is shown once.
+tokens = sa.Table(
+    "crmsync_tokens",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(128), nullable=False),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("token_hash", sa.String(128), nullable=False, unique=True),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Column("revoked_at", sa.DateTime, nullable=True),
+)
+
+# Who changed configuration or state through the API or CLI, and when.
+audit = sa.Table(
+    "crmsync_audit",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", sa.DateTime, nullable=False),
+    sa.Column("actor", sa.String(128), nullable=False),
+    sa.Column("action", sa.String(64), nullable=False),
+    sa.Column("target", sa.String(512), nullable=True),
+    sa.Column("detail", sa.Text, nullable=True),
+)
+
+# Webhook ids already accepted per system: a replayed delivery is refused.
+webhook_deliveries = sa.Table(
+    "crmsync_webhook_deliveries",
+    metadata,
+    sa.Column("system", sa.String(128), primary_key=True),
+    sa.Column("webhook_id", sa.String(255), primary_key=True),
+    sa.Column("received_at", sa.DateTime, nullable=False),
+)
+
+# Records of push-only systems: whatever the system last pushed.
+pushed_records = sa.Table(
+    "crmsync_pushed_records",
+    metadata,
+    sa.Column("system", sa.String(128), primary_key=True),
+    sa.Column("object", sa.String(128), primary_key=True),
+    sa.Column("record_id", sa.String(255), primary_key=True),
+    sa.Column("fields", sa.Text, nullable=False),
+    sa.Column("deleted", sa.Boolean, nullable=False, default=False),
+    # a per-system sequence: the capture cursor of a push-only system
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.DateTime, nullable=False),
+)
+sa.Index(
+    "crmsync_pushed_records_seq", pushed_records.c.system, pushed_records.c.object,
+    pushed_records.c.seq,
+)
+
+# Runtime state of a link: the enable/disable switch and its schedule.
+link_state = sa.Table(
+    "crmsync_link_state",
+    metadata,
+    sa.Column("link", sa.String(128), primary_key=True),
+    sa.Column("enabled", sa.Boolean, nullable=True),
+    sa.Column("changed_by", sa.String(128), nullable=True),
+    sa.Column("changed_at", sa.DateTime, nullable=True),
+    sa.Column("next_run_at", sa.DateTime, nullable=True),
+    sa.Column("last_run_at", sa.DateTime, nullable=True),
+)
+
+V1_TABLES = [meta, cursors, messages, identities, runs, outcomes]
+V2_TABLES = [tokens, audit, webhook_deliveries, pushed_records, link_state]
+
+
 def _v1(conn: sa.Connection) -> None:
-    metadata.create_all(
-        conn, tables=[meta, cursors, messages, identities, runs, outcomes], checkfirst=True
-    )
+    metadata.create_all(conn, tables=V1_TABLES, checkfirst=True)
+
+
+def _v2(conn: sa.Connection) -> None:
+    have = {c["name"] for c in sa.inspect(conn).get_columns(messages.name)}
+    # Fixed DDL of our own (no input reaches it); the types are portable.
+    if "claimed_by" not in have:
+        conn.execute(sa.text("ALTER TABLE crmsync_messages ADD COLUMN claimed_by VARCHAR(64)"))
+    if "lease_until" not in have:
+        ts = "TIMESTAMP" if conn.dialect.name == "postgresql" else "DATETIME"
+        conn.execute(sa.text(f"ALTER TABLE crmsync_messages ADD COLUMN lease_until {ts}"))
+    metadata.create_all(conn, tables=V2_TABLES, checkfirst=True)
 
 
 # Step n brings the schema from version n-1 to n.
-MIGRATIONS: list[Callable[[sa.Connection], None]] = [_v1]
+MIGRATIONS: list[Callable[[sa.Connection], None]] = [_v1, _v2]
 SCHEMA_VERSION = len(MIGRATIONS)

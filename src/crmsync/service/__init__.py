@@ -1,0 +1,1 @@
+"""The long-running service: shared context, worker loop, scheduler."""

@@ -1,0 +1,52 @@
+"""Everything a running service shares: config, state, connectors, engine, clock.
+
+Passed explicitly to the API, the webhook receiver, the worker and the
+scheduler (no hidden globals), so tests can build one with their own clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from crmsync.config.models import Config
+from crmsync.connectors.base import Connector
+from crmsync.engine.runner import Engine
+from crmsync.state.store import StateStore, utcnow
+
+
+@dataclass
+class ServiceContext:
+    config_path: Path
+    config: Config
+    state: StateStore
+    connectors: dict[str, Connector]
+    engine: Engine
+    # naive UTC "now"; tests inject their own
+    clock: Callable[[], datetime] = utcnow
+    # webhook settings: accepted clock difference and largest body
+    webhook_tolerance_s: int = 300
+    max_body_bytes: int = 1024 * 1024
+    worker_id: str = field(default="")
+
+    @classmethod
+    def open(
+        cls, config_path: str | Path, *, clock: Callable[[], datetime] | None = None
+    ) -> ServiceContext:
+        from crmsync.config.loader import load_config
+        from crmsync.connectors import build_connectors
+
+        path = Path(config_path)
+        config = load_config(path)
+        state = StateStore(config.state)
+        state.migrate()
+        connectors = build_connectors(config, state)
+        engine = Engine(config, state, connectors)
+        return cls(path, config, state, connectors, engine, clock or utcnow)
+
+    def close(self) -> None:
+        self.state.close()
+        for c in self.connectors.values():
+            c.close()
