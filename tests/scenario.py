@@ -208,7 +208,11 @@ class Scenario:
     def sync(self, *, full: bool = False) -> LinkReport:
         with self.engine() as e:
             (report,) = e.sync(full=full)
+            with e.state.connect() as c:
+                left = e.state.queue_counts(c)
         assert report.status == "ok", report.error
+        # every captured change was applied and left the queue
+        assert not left.get("pending") and not left.get("running"), left
         return report
 
     def plan(self) -> LinkReport:

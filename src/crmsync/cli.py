@@ -318,6 +318,11 @@ def schema() -> None:
     sys.stdout.write(json.dumps(config_schema(), indent=2) + "\n")
 
 
+from crmsync.service.cli import register as _register_service  # noqa: E402
+
+_register_service(app)
+
+
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:

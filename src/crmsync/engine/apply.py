@@ -100,6 +100,7 @@ class Applier:
         target_system: str,
         run_id: int | None,
         dry_run: bool = False,
+        worker: str | None = None,
     ) -> None:
         self.link = link
         self.state = state
@@ -111,6 +112,7 @@ class Applier:
         self.tprefix = f"{target_system}.{self.tobj}:"
         self.run_id = run_id
         self.dry_run = dry_run
+        self.worker = worker
 
     # ------------------------------------------------------------------
     def apply(
@@ -348,7 +350,7 @@ class Applier:
             self.state.save_identities(c, name, identity_rows)
             self.state.add_outcomes(c, outcome_rows)
             if done:
-                self.state.finish_messages(c, done)
+                self.state.finish_messages(c, done, self.worker)
             if failures_to_queue:
                 for sid, err in failed_pairs.items():
                     self.state.add_failed(

@@ -28,6 +28,7 @@ from typing import Any
 from crmsync.config.models import Config
 from crmsync.connectors.base import Connector
 from crmsync.engine.apply import Applier, WorkItem
+from crmsync.engine.lease import local_owner_gone, make_worker_id
 from crmsync.engine.link import CompiledLink, compile_link
 from crmsync.engine.retry import RetryPolicy
 from crmsync.errors import SystemUnavailable
@@ -95,6 +96,8 @@ class Engine:
         self.retry = retry or RetryPolicy()
         self.progress = progress or (lambda *a: None)
         self._compiled: dict[str, CompiledLink] = {}
+        self.worker_id = make_worker_id()
+        self.lease_s = 60.0
 
     def compiled(self, name: str) -> CompiledLink:
         if name not in self._compiled:
@@ -157,6 +160,7 @@ class Engine:
             target_system=lc.target_system,
             run_id=run_id,
             dry_run=dry_run,
+            worker=self.worker_id,
         )
         try:
             if migrating:
@@ -180,6 +184,52 @@ class Engine:
             raise
         if run_id is not None:
             self.state.finish_run(run_id, report.status, report.summary(), report.error)
+        return report
+
+    # -- service entry points -------------------------------------------
+    def applier(self, name: str, run_id: int | None = None) -> Applier:
+        """An applier for workers draining the queue of a link."""
+        link = self.compiled(name)
+        lc = link.config
+        return Applier(
+            link,
+            self.state,
+            self.connectors[lc.source_system],
+            self.connectors[lc.target_system],
+            source_system=lc.source_system,
+            target_system=lc.target_system,
+            run_id=run_id,
+            worker=self.worker_id,
+        )
+
+    def capture_link(self, name: str, kind: str = "scheduled") -> LinkReport:
+        """One scheduled pass without draining: migrate if never done, then capture.
+
+        Workers apply what it queues. A migration applies its pages directly
+        (the source table is its own queue), so it runs here.
+        """
+        link = self.compiled(name)
+        lc = link.config
+        src, tgt = self.connectors[lc.source_system], self.connectors[lc.target_system]
+        with self.state.connect() as c:
+            mig = self.state.get_cursor(c, name, Side.SOURCE.value, "migration")
+        migrating = not (mig and mig.get("done"))
+        report = LinkReport(name, "migration" if migrating else kind)
+        run_id = self.state.start_run(name, report.kind)
+        try:
+            if migrating:
+                applier = self.applier(name, run_id)
+                self._migrate(link, src, tgt, applier, report, False, False, 0)
+            self._capture(link, src, Side.SOURCE, report)
+            if link.reads_target:
+                self._capture(link, tgt, Side.TARGET, report)
+        except SystemUnavailable as exc:
+            report.status = "paused"
+            report.error = exc.user_message
+        except Exception as exc:
+            report.status = "error"
+            report.error = f"{type(exc).__name__}: {exc}"
+        self.state.finish_run(run_id, report.status, report.summary(), report.error)
         return report
 
     # ------------------------------------------------------------------
@@ -298,59 +348,65 @@ class Engine:
     def _drain(
         self, link: CompiledLink, applier: Applier, report: LinkReport, max_samples: int
     ) -> None:
+        with self.state.begin() as c:
+            self.state.recover_running(c, link.name, owner_gone=local_owner_gone)
+        done = 0
+        while n := self.drain_batch(link, applier, report, max_samples):
+            done += n
+            self.progress(link.name, "apply", done, None)
+
+    def drain_batch(
+        self, link: CompiledLink, applier: Applier, report: LinkReport, max_samples: int = 0
+    ) -> int:
+        """Claim one batch of due messages, apply it, finish or release it; 0 when none."""
         name = link.name
         with self.state.begin() as c:
-            # This process is the only worker of a CLI run: anything left
-            # running was left by a killed run.
-            self.state.recover_running(c, name)
-        done = 0
-        while True:
+            msgs = self.state.claim(
+                c, name, link.batch_size, worker=self.worker_id, lease_s=self.lease_s
+            )
+        if not msgs:
+            return 0
+        items = [WorkItem(Side(m.side), m.record_id, m.id) for m in msgs]
+        try:
+            res = applier.apply(items)
+        except SystemUnavailable:
+            # Unreachable: wait without spending attempts; the caller pauses.
             with self.state.begin() as c:
-                msgs = self.state.claim(c, name, link.batch_size)
-            if not msgs:
-                break
-            items = [WorkItem(Side(m.side), m.record_id, m.id) for m in msgs]
-            try:
-                res = applier.apply(items)
-            except SystemUnavailable:
-                # Unreachable: wait without spending attempts; the run pauses.
-                with self.state.begin() as c:
-                    self.state.release_messages(
+                self.state.release_messages(
+                    c,
+                    [m.id for m in msgs],
+                    available_at=utcnow() + timedelta(seconds=self.retry.initial),
+                    error="system unreachable",
+                    spend_attempt=False,
+                    max_attempts=self.retry.max_attempts,
+                )
+            raise
+        except Exception as exc:
+            with self.state.begin() as c:
+                self.state.release_messages(
+                    c,
+                    [m.id for m in msgs],
+                    available_at=utcnow() + timedelta(seconds=self.retry.delay(1)),
+                    error=f"{type(exc).__name__}: {exc}",
+                    spend_attempt=True,
+                    max_attempts=self.retry.max_attempts,
+                )
+            raise
+        if res.failed_messages:
+            by_msg = {m.id: m for m in msgs}
+            with self.state.begin() as c:
+                for mid, err in res.failed_messages.items():
+                    attempt = by_msg[mid].attempts + 1
+                    report.counts["message_failed"] += self.state.release_messages(
                         c,
-                        [m.id for m in msgs],
-                        available_at=utcnow() + timedelta(seconds=self.retry.initial),
-                        error="system unreachable",
-                        spend_attempt=False,
-                        max_attempts=self.retry.max_attempts,
-                    )
-                raise
-            except Exception as exc:
-                with self.state.begin() as c:
-                    self.state.release_messages(
-                        c,
-                        [m.id for m in msgs],
-                        available_at=utcnow() + timedelta(seconds=self.retry.delay(1)),
-                        error=f"{type(exc).__name__}: {exc}",
+                        [mid],
+                        available_at=utcnow() + timedelta(seconds=self.retry.delay(attempt)),
+                        error=err,
                         spend_attempt=True,
                         max_attempts=self.retry.max_attempts,
                     )
-                raise
-            if res.failed_messages:
-                by_msg = {m.id: m for m in msgs}
-                with self.state.begin() as c:
-                    for mid, err in res.failed_messages.items():
-                        attempt = by_msg[mid].attempts + 1
-                        report.counts["message_failed"] += self.state.release_messages(
-                            c,
-                            [mid],
-                            available_at=utcnow() + timedelta(seconds=self.retry.delay(attempt)),
-                            error=err,
-                            spend_attempt=True,
-                            max_attempts=self.retry.max_attempts,
-                        )
-            report.add(res.counts, res.outcomes, max_samples)
-            done += len(msgs)
-            self.progress(name, "apply", done, None)
+        report.add(res.counts, res.outcomes, max_samples)
+        return len(msgs)
 
     def _plan_changes(
         self,

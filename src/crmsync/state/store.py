@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import operator
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -259,9 +259,20 @@ class StateStore:
         return len(rows)
 
     def claim(
-        self, c: sa.Connection, link: str, limit: int, *, now: datetime | None = None
+        self,
+        c: sa.Connection,
+        link: str,
+        limit: int,
+        *,
+        now: datetime | None = None,
+        worker: str | None = None,
+        lease_s: float = 60.0,
     ) -> list[Message]:
-        """Take up to ``limit`` due messages of a link, oldest first, one per record."""
+        """Take up to ``limit`` due messages of a link, oldest first, one per record.
+
+        The claim is a lease: ``worker`` owns the messages until ``lease_s``
+        seconds from now; past that another worker may take them back.
+        """
         now = now or utcnow()
         m = S.messages
         running = (
@@ -291,22 +302,56 @@ class StateStore:
         if not rows:
             return []
         ids = [r.id for r in rows]
-        c.execute(sa.update(m).where(m.c.id.in_(ids)).values(status="running", updated_at=now))
+        # Only rows still pending are taken: on SQLite two claimers may have
+        # selected the same rows; the conditional update settles who won.
+        won = set(
+            c.execute(
+                sa.update(m)
+                .where(m.c.id.in_(ids), m.c.status == "pending")
+                .values(
+                    status="running",
+                    updated_at=now,
+                    claimed_by=worker,
+                    lease_until=now + timedelta(seconds=lease_s),
+                )
+                .returning(m.c.id)
+            ).scalars()
+        )
         return [
             Message(r.id, r.link, r.side, r.record_id, r.op, r.version, r.attempts, now)
             for r in rows
+            if r.id in won
         ]
 
-    def recover_running(self, c: sa.Connection, link: str | None = None) -> int:
-        """Put messages left running by a killed process back in line.
+    def recover_running(
+        self,
+        c: sa.Connection,
+        link: str | None = None,
+        *,
+        now: datetime | None = None,
+        owner_gone: Callable[[str | None], bool] | None = None,
+    ) -> int:
+        """Put messages whose worker is gone back in line.
 
-        A pending message for the same record already supersedes a stale running
-        one (apply reads current values), so that one is simply dropped.
+        A running message is taken back when its lease has ended, or when
+        ``owner_gone(claimed_by)`` says its worker no longer exists (a killed
+        process on this machine). A pending message for the same record
+        already supersedes it (apply reads current values): then it is dropped.
         """
+        now = now or utcnow()
         m = S.messages
-        cond = [m.c.status == "running"]
+        q = sa.select(m.c.id, m.c.claimed_by, m.c.lease_until).where(m.c.status == "running")
         if link is not None:
-            cond.append(m.c.link == link)
+            q = q.where(m.c.link == link)
+        stale = [
+            r.id
+            for r in c.execute(q)
+            if r.lease_until is None
+            or r.lease_until < now
+            or (owner_gone is not None and owner_gone(r.claimed_by))
+        ]
+        if not stale:
+            return 0
         p = m.alias("p")
         superseded = sa.select(sa.literal(1)).where(
             p.c.link == m.c.link,
@@ -314,14 +359,31 @@ class StateStore:
             p.c.record_id == m.c.record_id,
             p.c.status == "pending",
         )
-        c.execute(sa.delete(m).where(*cond, superseded.exists()))
-        res = c.execute(sa.update(m).where(*cond).values(status="pending"))
-        return res.rowcount or 0
+        n = 0
+        for chunk in _chunks(stale, 500):
+            c.execute(sa.delete(m).where(m.c.id.in_(chunk), superseded.exists()))
+            res = c.execute(
+                sa.update(m)
+                .where(m.c.id.in_(chunk), m.c.status == "running")
+                .values(status="pending", claimed_by=None, lease_until=None)
+            )
+            n += res.rowcount or 0
+        return n
 
-    def finish_messages(self, c: sa.Connection, ids: Sequence[int]) -> None:
-        """Processed messages leave the queue (their outcome is in the log)."""
+    def finish_messages(
+        self, c: sa.Connection, ids: Sequence[int], worker: str | None = None
+    ) -> None:
+        """Processed messages leave the queue (their outcome is in the log).
+
+        With ``worker``, only messages still claimed by it: a worker whose
+        lease ran out must not remove work another worker has taken over.
+        """
+        m = S.messages
         for chunk in _chunks(ids, 500):
-            c.execute(sa.delete(S.messages).where(S.messages.c.id.in_(chunk)))
+            cond = [m.c.id.in_(chunk)]
+            if worker is not None:
+                cond.append(m.c.claimed_by == worker)
+            c.execute(sa.delete(m).where(*cond))
 
     def release_messages(
         self,
@@ -375,6 +437,8 @@ class StateStore:
                     p.c.status == "pending",
                 )
                 c.execute(sa.delete(m).where(m.c.id.in_(chunk), twin.exists()))
+            values["claimed_by"] = None
+            values["lease_until"] = None
             c.execute(sa.update(m).where(m.c.id.in_(chunk)).values(**values))
         return failed
 

@@ -1,0 +1,79 @@
+"""`crmsync serve` and `crmsync worker`."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from crmsync.service.context import ServiceContext
+from crmsync.service.scheduler import Scheduler
+from crmsync.service.worker import Worker
+
+log = logging.getLogger("crmsync.service")
+
+ConfigOpt = Annotated[Path, typer.Option("-c", "--config", help="config file")]
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    def handler(signum: int, _frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def serve(
+    config: ConfigOpt = Path("crmsync.yaml"),
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
+    workers: Annotated[int, typer.Option(help="worker threads in this process")] = 1,
+) -> None:
+    """Run the HTTP API, the scheduler and a worker in one process."""
+    import uvicorn
+
+    from crmsync.api.app import create_app
+
+    ctx = ServiceContext.open(config)
+    stop = threading.Event()
+    threads = [
+        threading.Thread(target=Scheduler(ctx).run, args=(stop,), name="scheduler", daemon=True)
+    ]
+    for i in range(max(1, workers)):
+        threads.append(
+            threading.Thread(target=Worker(ctx).run, args=(stop,), name=f"worker-{i}", daemon=True)
+        )
+    for t in threads:
+        t.start()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(ctx), host=host, port=port, log_level="warning")
+    )
+    typer.echo(f"crmsync serving on http://{host}:{port} (API, scheduler, {workers} worker)")
+    try:
+        server.run()  # handles SIGINT/SIGTERM itself
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+        ctx.close()
+
+
+def worker(config: ConfigOpt = Path("crmsync.yaml")) -> None:
+    """Run a worker only (scale out: any number, on any machine, with PostgreSQL state)."""
+    ctx = ServiceContext.open(config)
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    typer.echo(f"crmsync worker {ctx.engine.worker_id} started")
+    try:
+        Worker(ctx).run(stop)
+    finally:
+        ctx.close()
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(serve)
+    app.command()(worker)

@@ -1,0 +1,120 @@
+"""The scheduler: runs each link's capture when its schedule (or a request) says so.
+
+Exactly one scheduler is active per state database. On PostgreSQL it holds a
+session advisory lock; the others wait and take over if it dies (the lock
+goes with its connection). On SQLite the state is one machine's file and one
+``serve`` runs the scheduler.
+
+Per link, ``crmsync_link_state.next_run_at`` is when it is due: computed from
+the schedule after each run, or set to "now" by an explicit sync request. A
+scheduled link that never ran is due at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import zlib
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from crmsync.schedule import parse_schedule
+from crmsync.service.context import ServiceContext
+from crmsync.state import schema as S
+
+log = logging.getLogger("crmsync.scheduler")
+
+LOCK_KEY = zlib.crc32(b"crmsync-scheduler")
+
+
+def _link_states(c: sa.Connection) -> dict[str, Any]:
+    t = S.link_state
+    return {r.link: r for r in c.execute(sa.select(t.c.link, t.c.next_run_at, t.c.last_run_at))}
+
+
+def _save_run(c: sa.Connection, link: str, ran_at: datetime, next_at: datetime | None) -> None:
+    t = S.link_state
+    res = c.execute(
+        sa.update(t).where(t.c.link == link).values(next_run_at=next_at, last_run_at=ran_at)
+    )
+    if not res.rowcount:
+        c.execute(sa.insert(t).values(link=link, next_run_at=next_at, last_run_at=ran_at))
+
+
+class Scheduler:
+    def __init__(self, ctx: ServiceContext, *, tick_s: float = 1.0) -> None:
+        self.ctx = ctx
+        self.tick_s = tick_s
+        self._lock_conn: sa.Connection | None = None
+        self.runs = 0
+
+    # -- leadership --------------------------------------------------------
+    def is_leader(self) -> bool:
+        state = self.ctx.state
+        if state.dialect != "postgresql":
+            return True
+        if self._lock_conn is not None:
+            return True
+        conn = state.engine.connect()
+        got = conn.execute(sa.select(sa.func.pg_try_advisory_lock(LOCK_KEY))).scalar()
+        conn.commit()
+        if got:
+            self._lock_conn = conn  # held for as long as this connection lives
+            log.info("scheduler is active", extra={"action": "leader"})
+            return True
+        conn.close()
+        return False
+
+    def release(self) -> None:
+        if self._lock_conn is not None:
+            self._lock_conn.close()
+            self._lock_conn = None
+
+    # -- scheduling --------------------------------------------------------
+    def due(self, now: datetime) -> list[str]:
+        with self.ctx.state.connect() as c:
+            states = _link_states(c)
+        out = []
+        for name in self.ctx.engine.link_names():
+            st = states.get(name)
+            next_at = st.next_run_at if st is not None else None
+            if next_at is not None:
+                if next_at <= now:
+                    out.append(name)
+            elif self.ctx.config.links[name].schedule and (st is None or st.last_run_at is None):
+                out.append(name)
+        return out
+
+    def run_once(self) -> list[str]:
+        """Run every due link's capture; returns the links run."""
+        if not self.is_leader():
+            return []
+        now = self.ctx.clock()
+        ran = []
+        for name in self.due(now):
+            report = self.ctx.engine.capture_link(name)
+            sched_text = self.ctx.config.links[name].schedule
+            next_at = parse_schedule(sched_text).next_after(now) if sched_text else None
+            with self.ctx.state.begin() as c:
+                _save_run(c, name, now, next_at)
+            self.runs += 1
+            ran.append(name)
+            log.info(
+                "link captured",
+                extra={"action": "capture", "link": name, "status": report.status,
+                       "captured": report.counts.get("captured", 0), "next_run_at": str(next_at)},
+            )
+        return ran
+
+    def run(self, stop: threading.Event) -> None:
+        try:
+            while not stop.is_set():
+                try:
+                    self.run_once()
+                except Exception:
+                    log.exception("scheduler pass failed", extra={"action": "error"})
+                stop.wait(self.tick_s)
+        finally:
+            self.release()
