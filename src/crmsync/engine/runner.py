@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from crmsync.config.models import Config
+from crmsync.config.models import Config, LinkConfig
 from crmsync.connectors.base import Connector
 from crmsync.engine.apply import Applier, WorkItem
 from crmsync.engine.lease import local_owner_gone, make_worker_id
@@ -169,9 +169,9 @@ class Engine:
                 if not migrating:
                     self._plan_changes(link, src, tgt, applier, report, max_samples)
             else:
-                self._capture(link, src, Side.SOURCE, report)
-                if link.reads_target:
-                    self._capture(link, tgt, Side.TARGET, report)
+                self._capture(name, lc, src, Side.SOURCE, report)
+                if lc.reads_target:
+                    self._capture(name, lc, tgt, Side.TARGET, report)
                 self._drain(link, applier, report, max_samples)
         except SystemUnavailable as exc:
             report.status = "paused"
@@ -208,8 +208,7 @@ class Engine:
         Workers apply what it queues. A migration applies its pages directly
         (the source table is its own queue), so it runs here.
         """
-        link = self.compiled(name)
-        lc = link.config
+        lc = self.config.links[name]
         src, tgt = self.connectors[lc.source_system], self.connectors[lc.target_system]
         with self.state.connect() as c:
             mig = self.state.get_cursor(c, name, Side.SOURCE.value, "migration")
@@ -218,11 +217,14 @@ class Engine:
         run_id = self.state.start_run(name, report.kind)
         try:
             if migrating:
+                # Compiling reflects both systems: inside the try, so a system
+                # that is down pauses the run instead of failing it.
+                link = self.compiled(name)
                 applier = self.applier(name, run_id)
                 self._migrate(link, src, tgt, applier, report, False, False, 0)
-            self._capture(link, src, Side.SOURCE, report)
-            if link.reads_target:
-                self._capture(link, tgt, Side.TARGET, report)
+            self._capture(name, lc, src, Side.SOURCE, report)
+            if lc.reads_target:
+                self._capture(name, lc, tgt, Side.TARGET, report)
         except SystemUnavailable as exc:
             report.status = "paused"
             report.error = exc.user_message
@@ -309,23 +311,28 @@ class Engine:
             sides.append((Side.TARGET, tgt, link.config.target_object))
         return sides
 
-    def _lookback(self, link: CompiledLink, side: Side) -> float:
-        lc = link.config
+    def _lookback(self, lc: LinkConfig, side: Side) -> float:
         sysname = lc.source_system if side is Side.SOURCE else lc.target_system
         objname = lc.source_object if side is Side.SOURCE else lc.target_object
         obj = self.config.systems[sysname].objects.get(objname)
-        return obj.lookback if obj else 0.0
+        return float(getattr(obj, "lookback", 0.0)) if obj else 0.0
 
-    def _capture(self, link: CompiledLink, conn: Connector, side: Side, report: LinkReport) -> None:
-        name = link.name
-        obj = link.config.source_object if side is Side.SOURCE else link.config.target_object
-        lookback = self._lookback(link, side)
+    def _capture(
+        self, name: str, lc: LinkConfig, conn: Connector, side: Side, report: LinkReport
+    ) -> None:
+        """Queue one side's changes since its cursor.
+
+        Needs only the link's config and that side's system: changes keep being
+        captured durably while the other system is down.
+        """
+        obj = lc.source_object if side is Side.SOURCE else lc.target_object
+        lookback = self._lookback(lc, side)
         with self.state.connect() as c:
             saved = self.state.get_cursor(c, name, side.value, "incremental")
         cursor = saved.get("cursor") if saved else None
         captured = 0
         while True:
-            page = conn.read_changes(obj, cursor, link.batch_size, lookback)
+            page = conn.read_changes(obj, cursor, lc.batch_size, lookback)
             lookback = 0.0  # only the first page reaches back
             recs = page.records
             # Every captured row is queued, even one seen before at the same
@@ -426,7 +433,7 @@ class Engine:
                     items[(side, rid)] = None
                 saved = self.state.get_cursor(c, name, side.value, "incremental")
             cursor = saved.get("cursor") if saved else None
-            lookback = self._lookback(link, side)
+            lookback = self._lookback(link.config, side)
             while True:
                 page = conn.read_changes(obj, cursor, link.batch_size, lookback)
                 lookback = 0.0  # only the first page reaches back

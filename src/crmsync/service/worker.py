@@ -78,10 +78,10 @@ class Worker:
             pause = self.paused.get(name)
             if pause is not None and now < pause.until:
                 continue
-            applier = self.appliers.get(name)
-            if applier is None:
-                applier = self.appliers[name] = engine.applier(name)
             try:
+                applier = self.appliers.get(name)
+                if applier is None:
+                    applier = self.appliers[name] = engine.applier(name)
                 n = engine.drain_batch(engine.compiled(name), applier, LinkReport(name, "worker"))
             except SystemUnavailable as exc:
                 delay = min(self.probe_cap_s, pause.delay * 2 if pause else self.probe_initial_s)

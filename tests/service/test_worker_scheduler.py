@@ -1,0 +1,282 @@
+"""Worker, scheduler and leases on real databases; an outage through a loopback proxy."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from dbs import fresh_database
+from scenario import Scenario
+
+from crmsync.engine.lease import make_worker_id
+from crmsync.service.context import ServiceContext
+from crmsync.service.scheduler import Scheduler
+from crmsync.service.worker import Worker
+from crmsync.state import schema as S
+from crmsync.state.store import utcnow
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 6, 1, 12, 0, 0)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def _with_schedule(sc: Scenario, schedule: str) -> None:
+    text = sc.config_path.read_text()
+    line = f'    schedule: "{schedule}"\n    batch_size:'
+    sc.config_path.write_text(text.replace("    batch_size:", line))
+
+
+@pytest.fixture
+def sc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    url_e = f"sqlite:///{tmp_path / 'erp.db'}"
+    url_c = f"sqlite:///{tmp_path / 'crm.db'}"
+    s = Scenario(tmp_path, url_e, url_c, monkeypatch=monkeypatch)
+    s.seed()
+    yield s
+    s.close()
+
+
+def test_interval_schedule_then_worker_applies(sc: Scenario) -> None:
+    _with_schedule(sc, "15m")
+    clock = Clock()
+    ctx = ServiceContext.open(sc.config_path, clock=clock)
+    try:
+        sched, worker = Scheduler(ctx), Worker(ctx)
+        assert sched.run_once() == ["customers"]  # never ran: due at once (migration)
+        assert len(sc.crm_rows()) > 1
+        sc.erp_update("C00001", name="Scheduled rename")
+        clock.now += timedelta(minutes=5)
+        assert sched.run_once() == []  # not due yet
+        clock.now += timedelta(minutes=10)
+        assert sched.run_once() == ["customers"]
+        while worker.run_once():
+            pass
+        assert sc.crm_rows()["C00001"]["name"] == "Scheduled rename"
+        with ctx.state.connect() as c:
+            assert ctx.state.queue_counts(c).get("pending", 0) == 0
+    finally:
+        ctx.close()
+
+
+def test_cron_schedule_and_run_request(sc: Scenario) -> None:
+    _with_schedule(sc, "0 * * * *")
+    clock = Clock()
+    clock.now = datetime(2026, 6, 1, 12, 10)
+    ctx = ServiceContext.open(sc.config_path, clock=clock)
+    try:
+        sched = Scheduler(ctx)
+        assert sched.run_once() == ["customers"]
+        clock.now = datetime(2026, 6, 1, 12, 59)
+        assert sched.run_once() == []
+        clock.now = datetime(2026, 6, 1, 13, 0)
+        assert sched.run_once() == ["customers"]
+        # an explicit request (what POST /api/links/{name}/sync does) runs it now
+        with ctx.state.begin() as c:
+            c.execute(sa.update(S.link_state).values(next_run_at=clock.now))
+        assert sched.run_once() == ["customers"]
+    finally:
+        ctx.close()
+
+
+def test_unscheduled_link_runs_only_when_requested(sc: Scenario) -> None:
+    ctx = ServiceContext.open(sc.config_path, clock=Clock())
+    try:
+        assert Scheduler(ctx).run_once() == []
+    finally:
+        ctx.close()
+
+
+def _running(ctx: ServiceContext, rid: str, claimed_by: str, lease_until: datetime) -> None:
+    now = utcnow()
+    with ctx.state.begin() as c:
+        c.execute(
+            sa.insert(S.messages).values(
+                link="customers", side="source", record_id=rid, op="upsert", status="running",
+                attempts=0, available_at=now, created_at=now, updated_at=now,
+                claimed_by=claimed_by, lease_until=lease_until,
+            )
+        )
+
+
+def test_leases_recover_dead_and_expired_claims_only(sc: Scenario) -> None:
+    sc.sync()
+    ctx = ServiceContext.open(sc.config_path)
+    try:
+        future = utcnow() + timedelta(minutes=5)
+        dead_local = f"{socket.gethostname()}:999999999:dead"
+        _running(ctx, "C00001", dead_local, future)  # this machine, process gone
+        _running(ctx, "C00005", "elsewhere:1:x", utcnow() - timedelta(seconds=1))  # expired
+        _running(ctx, "C00006", "elsewhere:2:y", future)  # alive elsewhere: keep
+        assert Worker(ctx).recover() == 2
+        with ctx.state.connect() as c:
+            rows = {r.record_id: r.status for r in c.execute(sa.select(S.messages))}
+        assert rows == {"C00001": "pending", "C00005": "pending", "C00006": "running"}
+    finally:
+        ctx.close()
+
+
+def test_concurrent_workers_never_share_a_message(sc: Scenario) -> None:
+    sc.sync()
+    ctx = ServiceContext.open(sc.config_path)
+    try:
+        ids = list(sc.erp_rows())
+        with ctx.state.begin() as c:
+            ctx.state.enqueue(c, "customers", "source", [(i, "upsert", None) for i in ids])
+        claimed: list[list[int]] = []
+        barrier = threading.Barrier(4)
+
+        def claim() -> None:
+            barrier.wait()
+            got: list[int] = []
+            while True:
+                with ctx.state.begin() as c:
+                    msgs = ctx.state.claim(c, "customers", 7, worker=make_worker_id())
+                if not msgs:
+                    break
+                got.extend(m.id for m in msgs)
+            claimed.append(got)
+
+        threads = [threading.Thread(target=claim) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        flat = [i for g in claimed for i in g]
+        assert len(flat) == len(set(flat)) == len(ids)
+    finally:
+        ctx.close()
+
+
+class Proxy:
+    """A loopback TCP proxy to a real server that can be stopped and started."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        self.port = s.getsockname()[1]
+        s.close()
+        self._server: socket.socket | None = None
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        srv = socket.socket()
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        srv.bind(("127.0.0.1", self.port))
+        srv.listen(64)
+        self._server = srv
+        threading.Thread(target=self._accept, args=(srv,), daemon=True).start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            # close() alone does not wake a thread blocked in accept() on Linux:
+            # the port would keep listening. shutdown() does.
+            try:
+                self._server.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            self._server.close()
+            self._server = None
+        with self._lock:
+            for c in self._conns:
+                try:
+                    c.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                c.close()
+            self._conns.clear()
+
+    def _accept(self, srv: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = srv.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            with self._lock:
+                self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a: socket.socket, b: socket.socket) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+
+@pytest.mark.postgresql
+def test_target_down_messages_wait_unspent_then_all_delivered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with fresh_database("postgresql", tmp_path, "crm") as crm_url:
+        proxy = Proxy(5432)
+        proxy.start()
+        via_proxy = crm_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+        via_proxy += "?connect_timeout=2"
+        url_e = f"sqlite:///{tmp_path / 'erp.db'}"
+        sc = Scenario(tmp_path, url_e, via_proxy, monkeypatch=monkeypatch)
+        try:
+            sc.seed(60, crm_existing=5)
+            sc.sync()
+            ctx = ServiceContext.open(sc.config_path)
+            try:
+                sched = Scheduler(ctx)
+                worker = Worker(ctx, probe_initial_s=0.2, probe_cap_s=0.5)
+                proxy.stop()
+                ctx.connectors["crm"].close()  # drop pooled connections: the port is shut
+                renamed = {f"C{i:05d}": f"Outage {i}" for i in (0, 1, 5, 6, 10, 11)}
+                for k, v in renamed.items():
+                    sc.erp_update(k, name=v)
+                with ctx.state.begin() as c:
+                    c.execute(sa.insert(S.link_state).values(link="customers",
+                                                              next_run_at=utcnow()))
+                assert sched.run_once() == ["customers"]  # captures from the ERP
+                deadline = time.monotonic() + 5
+                while time.monotonic() < deadline:
+                    worker.run_once()
+                    time.sleep(0.05)
+                with ctx.state.connect() as c:
+                    dbg = [(m.status, m.attempts, m.last_error) for m in
+                           c.execute(sa.select(S.messages)).all()]
+                assert "customers" in worker.paused, dbg
+                with ctx.state.connect() as c:
+                    msgs = c.execute(sa.select(S.messages)).all()
+                assert msgs and all(m.attempts == 0 for m in msgs)  # no attempt spent
+                assert all(m.status in ("pending", "running") for m in msgs)
+                proxy.start()
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline:
+                    worker.run_once()
+                    with ctx.state.connect() as c:
+                        if not ctx.state.queue_counts(c):
+                            break
+                    time.sleep(0.1)
+                sc.crm.dispose()  # the test's own pooled connections died with the proxy
+                crm = sc.crm_rows()
+                for k, v in renamed.items():
+                    assert crm[k]["name"] == v
+                assert "customers" not in worker.paused
+            finally:
+                ctx.close()
+        finally:
+            proxy.stop()
+            sc.close()
