@@ -75,8 +75,8 @@ def _engine(path: Path, *, readonly: bool = False) -> Iterator[Any]:
     from crmsync.state.store import StateStore
 
     config = _load(path)
-    connectors = build_connectors(config)
     state = StateStore(config.state, readonly=readonly)
+    connectors = build_connectors(config, state)
     try:
         state.migrate()
         yield Engine(config, state, connectors)
@@ -89,13 +89,17 @@ def _engine(path: Path, *, readonly: bool = False) -> Iterator[Any]:
 def _live_problems(config: Config, path: Path, smap: Any) -> list[tuple[str, str]]:
     from crmsync.config.check import check_config
     from crmsync.connectors import build_connectors
+    from crmsync.state.store import StateStore
 
-    connectors = build_connectors(config)
+    # read-only: check writes nothing; push-only systems describe from config
+    state = StateStore(config.state, readonly=True)
+    connectors = build_connectors(config, state)
     try:
         return check_config(config, connectors, str(path), smap.locate)
     finally:
         for c in connectors.values():
             c.close()
+        state.close()
 
 
 @app.command()
@@ -215,10 +219,29 @@ def sync(
     config: ConfigOpt = Path("crmsync.yaml"),
     link: LinkOpt = None,
     full: Annotated[bool, typer.Option("--full", help="rescan the whole source")] = False,
+    record: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--record",
+            help="SYSTEM.OBJECT:ID to sync now (repeatable): queued for every link it "
+            "belongs to, then those links run",
+        ),
+    ] = None,
 ) -> None:
     """Run the links: the first run migrates, later runs are incremental."""
     _refuse_if_invalid(config)
+    refs = []
+    for text in record or []:
+        try:
+            refs.append(RecordRef.parse(text))
+        except ValueError as exc:
+            raise _fail(f"--record: {exc}", 2) from None
     with _engine(config) as engine:
+        if refs:
+            names = _queue_records(engine, refs, link)
+            if not names:
+                raise _fail("no enabled link reads " + ", ".join(map(str, refs)), 2)
+            link = names[0] if len(names) == 1 else link
         progress = Progress(
             SpinnerColumn(),
             TextColumn("{task.description}"),
@@ -255,6 +278,28 @@ def sync(
         raise typer.Exit(1)
     if any(r.status == "paused" for r in reports):
         raise typer.Exit(3)
+
+
+def _queue_records(engine: Any, refs: list[RecordRef], only: str | None) -> list[str]:
+    """Queue explicit records for the links they belong to; returns those links."""
+    from crmsync.model import Side
+
+    names: list[str] = []
+    with engine.state.begin() as c:
+        for name in engine.link_names(only):
+            lc = engine.config.links[name]
+            for ref in refs:
+                obj = f"{ref.system}.{ref.object}"
+                side = (
+                    Side.SOURCE if obj == lc.source
+                    else Side.TARGET if obj == lc.target and lc.reads_target
+                    else None
+                )
+                if side is not None:
+                    engine.state.enqueue(c, name, side.value, [(ref.id, "upsert", None)])
+                    if name not in names:
+                        names.append(name)
+    return names
 
 
 @app.command()

@@ -117,3 +117,21 @@ def test_schema_is_json_schema(work: Path) -> None:
     assert r.returncode == 0
     schema = json.loads(r.stdout)
     assert "links" in schema["properties"] and "systems" in schema["properties"]
+
+
+def test_sync_record_pushes_one_record_now(work: Path) -> None:
+    assert cli(work, "sync").returncode == 0
+    with sqlite3.connect(work / "erp.db") as c:
+        no = c.execute(
+            "SELECT customer_no FROM customers WHERE contract_status = 'active' "
+            "AND status = 'A' ORDER BY customer_no LIMIT 1"
+        ).fetchone()[0]
+        # an edit the cursor cannot see (no new stamp): only an explicit sync moves it
+        c.execute("UPDATE customers SET name = 'Pushed by hand' WHERE customer_no = ?", (no,))
+    r = cli(work, "sync", "--record", f"erp.customer:{no}")
+    assert r.returncode == 0, r.stderr
+    with sqlite3.connect(work / "crm.db") as c:
+        (name,) = c.execute("SELECT name FROM company WHERE org_number = ?", (no,)).fetchone()
+    assert name == "Pushed by hand"
+    r = cli(work, "sync", "--record", "nosuch.thing:1")
+    assert r.returncode == 2 and "no enabled link" in r.stderr
