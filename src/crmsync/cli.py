@@ -367,6 +367,10 @@ from crmsync.service.cli import register as _register_service  # noqa: E402
 
 _register_service(app)
 
+from crmsync.cli_admin import register  # noqa: E402
+
+register(app)
+
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

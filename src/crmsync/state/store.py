@@ -636,6 +636,233 @@ class StateStore:
             x["counts"] = json.loads(x["counts"])
         return out
 
+    # == service API and admin CLI (api/, cli_admin.py) ======================
+    # Reads and small admin writes for the HTTP API, `crmsync status|retry|token`.
+    # Writers take the caller's connection so the audit row commits with the change.
+
+    # -- tokens ------------------------------------------------------------
+    def add_token(
+        self, c: sa.Connection, name: str, role: str, token_hash: str, *, now: datetime
+    ) -> None:
+        c.execute(
+            sa.insert(S.tokens).values(
+                name=name, role=role, token_hash=token_hash, created_at=now
+            )
+        )
+
+    def active_token_named(self, c: sa.Connection, name: str) -> bool:
+        t = S.tokens
+        q = sa.select(t.c.id).where(t.c.name == name, t.c.revoked_at.is_(None)).limit(1)
+        return c.execute(q).first() is not None
+
+    def token_by_hash(self, token_hash: str) -> dict[str, Any] | None:
+        """The live (not revoked) token with this hash: ``{name, role}``."""
+        t = S.tokens
+        q = sa.select(t.c.name, t.c.role).where(
+            t.c.token_hash == token_hash, t.c.revoked_at.is_(None)
+        )
+        with self.connect() as c:
+            row = c.execute(q).first()
+        return dict(row._mapping) if row is not None else None
+
+    def list_tokens(self, *, include_revoked: bool = False) -> list[dict[str, Any]]:
+        t = S.tokens  # never the hash
+        q = sa.select(t.c.id, t.c.name, t.c.role, t.c.created_at, t.c.revoked_at).order_by(t.c.id)
+        if not include_revoked:
+            q = q.where(t.c.revoked_at.is_(None))
+        with self.connect() as c:
+            return [dict(r._mapping) for r in c.execute(q)]
+
+    def revoke_token(self, c: sa.Connection, name: str, *, now: datetime) -> int:
+        t = S.tokens
+        res = c.execute(
+            sa.update(t).where(t.c.name == name, t.c.revoked_at.is_(None)).values(revoked_at=now)
+        )
+        return res.rowcount or 0
+
+    # -- audit -------------------------------------------------------------
+    def add_audit(
+        self,
+        c: sa.Connection,
+        actor: str,
+        action: str,
+        target: str | None = None,
+        detail: Any = None,
+        *,
+        now: datetime | None = None,
+    ) -> None:
+        c.execute(
+            sa.insert(S.audit).values(
+                at=now or utcnow(),
+                actor=actor,
+                action=action,
+                target=target,
+                detail=None if detail is None else dumps(detail),
+            )
+        )
+
+    def audit_rows(self, limit: int = 100) -> list[dict[str, Any]]:
+        a = S.audit
+        with self.connect() as c:
+            rows = [
+                dict(r._mapping)
+                for r in c.execute(sa.select(a).order_by(a.c.id.desc()).limit(limit))
+            ]
+        for r in rows:
+            r["detail"] = json.loads(r["detail"]) if r["detail"] else None
+        return rows
+
+    # -- link state --------------------------------------------------------
+    def link_enabled_overrides(self) -> dict[str, bool]:
+        """Links switched on or off at runtime (API/CLI); these win over the config."""
+        t = S.link_state
+        with self.connect() as c:
+            rows = c.execute(sa.select(t.c.link, t.c.enabled).where(t.c.enabled.is_not(None)))
+            return {r.link: bool(r.enabled) for r in rows}
+
+    def link_states(self) -> dict[str, dict[str, Any]]:
+        t = S.link_state
+        with self.connect() as c:
+            return {r.link: dict(r._mapping) for r in c.execute(sa.select(t))}
+
+    def set_link_enabled(
+        self, c: sa.Connection, link: str, enabled: bool, *, actor: str, now: datetime
+    ) -> None:
+        self._link_state_upsert(
+            c, link, {"enabled": enabled, "changed_by": actor, "changed_at": now}
+        )
+
+    def request_run(self, c: sa.Connection, link: str, *, now: datetime) -> None:
+        """Make the link due now; the scheduler runs due links."""
+        self._link_state_upsert(c, link, {"next_run_at": now})
+
+    def _link_state_upsert(self, c: sa.Connection, link: str, values: dict[str, Any]) -> None:
+        ins = self._upsert(S.link_state).values(link=link, **values)
+        c.execute(
+            ins.on_conflict_do_update(
+                index_elements=["link"], set_={k: getattr(ins.excluded, k) for k in values}
+            )
+        )
+
+    # -- queue views ----------------------------------------------------------
+    def queue_counts_by_link(self, c: sa.Connection) -> dict[str, dict[str, int]]:
+        m = S.messages
+        out: dict[str, dict[str, int]] = {}
+        q = sa.select(m.c.link, m.c.status, sa.func.count()).group_by(m.c.link, m.c.status)
+        for link, status, n in c.execute(q):
+            out.setdefault(link, {})[status] = n
+        return out
+
+    def oldest_waiting(self, c: sa.Connection) -> dict[str, datetime]:
+        """Per link, when its oldest message still waiting (pending or running) was queued."""
+        m = S.messages
+        q = (
+            sa.select(m.c.link, sa.func.min(m.c.created_at))
+            .where(m.c.status.in_(("pending", "running")))
+            .group_by(m.c.link)
+        )
+        return {link: at for link, at in c.execute(q) if at is not None}
+
+    def last_runs(self, c: sa.Connection) -> dict[str, dict[str, Any]]:
+        """The newest run of each link."""
+        r = S.runs
+        newest = sa.select(sa.func.max(r.c.id)).group_by(r.c.link).scalar_subquery()
+        out = {}
+        for x in c.execute(sa.select(r).where(r.c.id.in_(newest))):
+            d = dict(x._mapping)
+            d["counts"] = json.loads(d["counts"] or "{}")
+            out[d["link"]] = d
+        return out
+
+    def list_messages(
+        self, *, status: str | None = None, link: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        m = S.messages
+        q = sa.select(
+            m.c.id, m.c.link, m.c.side, m.c.record_id, m.c.op, m.c.status, m.c.attempts,
+            m.c.available_at, m.c.created_at, m.c.last_error,
+        ).order_by(m.c.id).limit(limit)
+        if status:
+            q = q.where(m.c.status == status)
+        if link:
+            q = q.where(m.c.link == link)
+        with self.connect() as c:
+            return [dict(r._mapping) for r in c.execute(q)]
+
+    def retry_message(self, c: sa.Connection, message_id: int, *, now: datetime) -> str:
+        """A failed message back to pending with fresh attempts.
+
+        Returns ``"retried"``, ``"superseded"`` (a newer pending change of the
+        record already covers it: the failed one is dropped), ``"missing"``, or
+        the message's status when it is not failed.
+        """
+        m = S.messages
+        row = c.execute(
+            sa.select(m.c.link, m.c.side, m.c.record_id, m.c.status).where(m.c.id == message_id)
+        ).first()
+        if row is None:
+            return "missing"
+        if row.status != "failed":
+            return str(row.status)
+        twin = c.execute(
+            sa.select(m.c.id).where(
+                m.c.link == row.link, m.c.side == row.side, m.c.record_id == row.record_id,
+                m.c.status == "pending",
+            )
+        ).first()
+        if twin is not None:
+            c.execute(sa.delete(m).where(m.c.id == message_id))
+            return "superseded"
+        c.execute(
+            sa.update(m)
+            .where(m.c.id == message_id, m.c.status == "failed")
+            .values(status="pending", attempts=0, available_at=now, updated_at=now)
+        )
+        return "retried"
+
+    def retry_failed_messages(
+        self, c: sa.Connection, *, link: str | None = None, now: datetime
+    ) -> int:
+        """Every failed message (of ``link``) back to pending; a pending twin supersedes it."""
+        m = S.messages
+        cond = [m.c.status == "failed"]
+        if link:
+            cond.append(m.c.link == link)
+        p = m.alias("p")
+        twin = sa.select(sa.literal(1)).where(
+            p.c.link == m.c.link,
+            p.c.side == m.c.side,
+            p.c.record_id == m.c.record_id,
+            p.c.status == "pending",
+        )
+        # Two failed messages of one record become one: the newest (apply reads
+        # current values), or one-pending-per-record would be violated.
+        newer = sa.select(sa.literal(1)).where(
+            p.c.link == m.c.link,
+            p.c.side == m.c.side,
+            p.c.record_id == m.c.record_id,
+            p.c.status == "failed",
+            p.c.id > m.c.id,
+        )
+        dropped = c.execute(sa.delete(m).where(*cond, newer.exists())).rowcount or 0
+        dropped += c.execute(sa.delete(m).where(*cond, twin.exists())).rowcount or 0
+        res = c.execute(
+            sa.update(m)
+            .where(*cond)
+            .values(status="pending", attempts=0, available_at=now, updated_at=now)
+        )
+        return (res.rowcount or 0) + dropped
+
+    def outcome_counts(self, c: sa.Connection) -> dict[tuple[str, str], int]:
+        o = S.outcomes
+        q = sa.select(o.c.link, o.c.status, sa.func.count()).group_by(o.c.link, o.c.status)
+        return {(link, status): n for link, status, n in c.execute(q)}
+
+    def ping(self) -> int:
+        """The schema version; raises when the database cannot be reached."""
+        with self.connect() as c:
+            return self._version(c)
+
 
 IDENTITY_COLUMNS = (
     "link", "source_id", "target_id", "shadow", "source_version", "target_version",

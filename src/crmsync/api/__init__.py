@@ -1,0 +1,1 @@
+"""The HTTP API of the crmsync service (FastAPI): ``create_app(ctx)``."""

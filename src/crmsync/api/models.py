@@ -1,0 +1,143 @@
+"""Request and response bodies of the HTTP API (they make the OpenAPI document)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+
+def _aware(d: datetime) -> datetime:
+    # The state database keeps naive UTC; the API says so explicitly (RFC 3339).
+    return d.replace(tzinfo=UTC) if d.tzinfo is None else d
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_aware)]
+# Printable text only: ids and names reach SQL as bound values, never raw
+# control characters (PostgreSQL refuses NUL in text).
+RecordId = Annotated[
+    str, StringConstraints(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f\x7f]+$")
+]
+
+QueueStatus = Literal["pending", "running", "failed"]
+
+
+class ErrorOut(BaseModel):
+    detail: Any = Field(description="what was wrong")
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok", "unavailable"]
+    schema_version: int | None = Field(description="state database schema version")
+
+
+class QueueCounts(BaseModel):
+    pending: int = 0
+    running: int = 0
+    failed: int = 0
+
+
+class RunOut(BaseModel):
+    id: int
+    link: str
+    kind: str
+    status: str
+    counts: dict[str, Any]
+    started_at: UtcDatetime
+    finished_at: UtcDatetime | None
+    error: str | None
+
+
+class LinkOut(BaseModel):
+    name: str
+    source: str = Field(description="SYSTEM.OBJECT")
+    target: str = Field(description="SYSTEM.OBJECT")
+    direction: str
+    schedule: str | None
+    enabled: bool = Field(description="the config's `enabled`, overridden by the API/CLI switch")
+    enabled_changed_by: str | None = Field(description="who last switched it, if anyone")
+    enabled_changed_at: UtcDatetime | None
+    next_run_at: UtcDatetime | None
+    queue: QueueCounts
+    oldest_waiting_at: UtcDatetime | None = Field(
+        description="when the oldest pending or running message was queued"
+    )
+    last_run: RunOut | None
+
+
+class SyncIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    records: list[RecordId] | None = Field(
+        None,
+        max_length=10_000,
+        description="source record ids to sync now; without: run the whole link now",
+    )
+
+
+class SyncOut(BaseModel):
+    queued: int
+    run_requested: bool = False
+
+
+class MessageOut(BaseModel):
+    id: int
+    link: str
+    side: str
+    record_id: str
+    op: str
+    status: str
+    attempts: int
+    available_at: UtcDatetime
+    created_at: UtcDatetime
+    last_error: str | None
+
+
+class RetryOut(BaseModel):
+    retried: int = Field(description="failed messages put back in the queue")
+
+
+class OutcomeOut(BaseModel):
+    id: int
+    run_id: int | None
+    link: str
+    source_ref: str | None
+    target_ref: str | None
+    action: str
+    status: str
+    fields: list[dict[str, Any]] = Field(
+        description="per field: updated (old -> new), unchanged, conflict or rejected (reason)"
+    )
+    message: str | None
+    at: UtcDatetime
+
+
+class SystemCalls(BaseModel):
+    system: str
+    calls: int = Field(description="connector calls made by this service process")
+
+
+class QuotaOut(BaseModel):
+    system: str
+    calls: int
+    per: str
+    used: int
+    remaining: int
+    resets_at: UtcDatetime | None
+
+
+class QuotasOut(BaseModel):
+    quotas: list[QuotaOut] = Field(
+        description="per-system API budgets; empty until quotas are configurable"
+    )
+    calls: list[SystemCalls]
+
+
+class AuditOut(BaseModel):
+    id: int
+    at: UtcDatetime
+    actor: str
+    action: str
+    target: str | None
+    detail: Any

@@ -1,0 +1,301 @@
+"""The HTTP API: links, runs, the queue, outcomes, quotas, audit, health, metrics.
+
+Viewers read; admins switch links, trigger syncs and retry. Every admin
+change commits together with its audit row. Text that may hold a URL (run
+errors, message errors, outcome messages) goes through ``redact``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from crmsync.api.auth import Admin, Viewer
+from crmsync.api.models import (
+    AuditOut,
+    ErrorOut,
+    HealthOut,
+    LinkOut,
+    MessageOut,
+    OutcomeOut,
+    QueueCounts,
+    QueueStatus,
+    QuotasOut,
+    RecordId,
+    RetryOut,
+    RunOut,
+    SyncIn,
+    SyncOut,
+    SystemCalls,
+)
+from crmsync.config.models import NAME_RE
+from crmsync.config.secrets import redact
+from crmsync.model import Side
+from crmsync.service.context import ServiceContext
+
+log = logging.getLogger("crmsync.api")
+
+Name = Annotated[str, Path(pattern=NAME_RE, max_length=128, description="a link name")]
+LinkQ = Annotated[str | None, Query(pattern=NAME_RE, max_length=128, description="only this link")]
+Limit = Annotated[int, Query(ge=1, le=1000)]
+MessageId = Annotated[int, Path(ge=1, le=2**31 - 1)]
+
+AUTH = {401: {"model": ErrorOut}}
+ADMIN = {401: {"model": ErrorOut}, 403: {"model": ErrorOut}}
+NOT_FOUND = {404: {"model": ErrorOut}}
+
+
+def _ctx(request: Request) -> ServiceContext:
+    ctx: ServiceContext = request.app.state.ctx
+    return ctx
+
+
+def _opt(text: str | None) -> str | None:
+    return redact(text) if text else text
+
+
+def _known_link(ctx: ServiceContext, name: str | None) -> None:
+    if name is not None and name not in ctx.config.links:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no link named {name!r}")
+
+
+def _run(r: dict[str, Any]) -> RunOut:
+    return RunOut(**{**r, "error": _opt(r.get("error"))})
+
+
+def _links(ctx: ServiceContext, only: str | None = None) -> list[LinkOut]:
+    st = ctx.state
+    states = st.link_states()
+    with st.connect() as c:
+        counts = st.queue_counts_by_link(c)
+        oldest = st.oldest_waiting(c)
+        last = st.last_runs(c)
+    out = []
+    for name, lc in ctx.config.links.items():
+        if only is not None and name != only:
+            continue
+        s = states.get(name, {})
+        enabled = s.get("enabled")
+        out.append(
+            LinkOut(
+                name=name,
+                source=lc.source,
+                target=lc.target,
+                direction=str(lc.direction),
+                schedule=lc.schedule,
+                enabled=lc.enabled if enabled is None else bool(enabled),
+                enabled_changed_by=s.get("changed_by"),
+                enabled_changed_at=s.get("changed_at"),
+                next_run_at=s.get("next_run_at"),
+                queue=QueueCounts(**counts.get(name, {})),
+                oldest_waiting_at=oldest.get(name),
+                last_run=_run(last[name]) if name in last else None,
+            )
+        )
+    return out
+
+
+def build_public_router(ctx: ServiceContext) -> APIRouter:
+    """Health and metrics: no token (load balancers and Prometheus call them)."""
+    from crmsync.api.metrics import build_registry
+
+    router = APIRouter(tags=["service"])
+    registry = build_registry(ctx)
+
+    @router.get("/health", response_model=HealthOut, responses={503: {"model": HealthOut}})
+    def health() -> Any:
+        try:
+            version = ctx.state.ping()
+        except Exception as exc:
+            log.warning(
+                "health: state database unreachable: %s", redact(str(exc)),
+                extra={"action": "health"},
+            )
+            return JSONResponse(
+                HealthOut(status="unavailable", schema_version=None).model_dump(), 503
+            )
+        return HealthOut(status="ok", schema_version=version)
+
+    @router.get(
+        "/metrics",
+        response_class=PlainTextResponse,
+        description="Prometheus exposition: queue depth and age, outcomes, connector calls.",
+    )
+    def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return router
+
+
+def build_api_router(ctx: ServiceContext) -> APIRouter:
+    router = APIRouter(prefix="/api", tags=["api"])
+
+    # -- links -----------------------------------------------------------------
+    @router.get("/links", response_model=list[LinkOut], responses=AUTH)
+    def links(_: Viewer) -> list[LinkOut]:
+        return _links(ctx)
+
+    def _switch(name: str, enabled: bool, who: Admin) -> LinkOut:
+        _known_link(ctx, name)
+        now = ctx.clock()
+        action = "link.enable" if enabled else "link.disable"
+        with ctx.state.begin() as c:
+            ctx.state.set_link_enabled(c, name, enabled, actor=who.name, now=now)
+            ctx.state.add_audit(c, who.name, action, f"link:{name}", now=now)
+        log.info("link %s", action, extra={"action": action, "link": name, "actor": who.name})
+        return _links(ctx, name)[0]
+
+    @router.post(
+        "/links/{name}/enable", response_model=LinkOut, responses={**ADMIN, **NOT_FOUND}
+    )
+    def enable(name: Name, who: Admin) -> LinkOut:
+        """Switch a link on (overrides the config's `enabled`)."""
+        return _switch(name, True, who)
+
+    @router.post(
+        "/links/{name}/disable", response_model=LinkOut, responses={**ADMIN, **NOT_FOUND}
+    )
+    def disable(name: Name, who: Admin) -> LinkOut:
+        """Switch a link off: the scheduler and workers leave it alone."""
+        return _switch(name, False, who)
+
+    @router.post(
+        "/links/{name}/sync",
+        response_model=SyncOut,
+        status_code=status.HTTP_202_ACCEPTED,
+        responses={**ADMIN, **NOT_FOUND, 409: {"model": ErrorOut}},
+    )
+    def sync(name: Name, who: Admin, body: SyncIn | None = None) -> SyncOut:
+        """Sync now: the given source records (queued), or the whole link (run requested)."""
+        _known_link(ctx, name)
+        if not _links(ctx, name)[0].enabled:
+            raise HTTPException(status.HTTP_409_CONFLICT, detail=f"link {name!r} is disabled")
+        now = ctx.clock()
+        ids = list(dict.fromkeys(body.records)) if body and body.records is not None else None
+        with ctx.state.begin() as c:
+            if ids is not None:
+                n = ctx.state.enqueue(
+                    c, name, Side.SOURCE.value, [(r, "upsert", None) for r in ids], now=now
+                )
+                result = SyncOut(queued=n)
+            else:
+                ctx.state.request_run(c, name, now=now)
+                result = SyncOut(queued=0, run_requested=True)
+            ctx.state.add_audit(
+                c, who.name, "link.sync", f"link:{name}",
+                {"records": len(ids)} if ids is not None else {"run_requested": True}, now=now,
+            )
+        log.info(
+            "sync requested",
+            extra={"action": "link.sync", "link": name, "actor": who.name,
+                   "queued": result.queued},
+        )
+        return result
+
+    # -- runs and messages ---------------------------------------------------------
+    @router.get("/runs", response_model=list[RunOut], responses=AUTH)
+    def runs(_: Viewer, link: LinkQ = None, limit: Limit = 20) -> list[RunOut]:
+        return [_run(r) for r in ctx.state.runs(link, limit)]
+
+    @router.get("/messages", response_model=list[MessageOut], responses=AUTH)
+    def messages(
+        _: Viewer,
+        status: QueueStatus | None = None,
+        link: LinkQ = None,
+        limit: Limit = 100,
+    ) -> list[MessageOut]:
+        rows = ctx.state.list_messages(status=status, link=link, limit=limit)
+        return [MessageOut(**{**r, "last_error": _opt(r["last_error"])}) for r in rows]
+
+    @router.post(
+        "/messages/retry", response_model=RetryOut, responses={**ADMIN, **NOT_FOUND}
+    )
+    def retry_all(who: Admin, link: LinkQ = None) -> RetryOut:
+        """Every failed message (of one link, with `link`) back to pending, attempts reset."""
+        _known_link(ctx, link)
+        now = ctx.clock()
+        with ctx.state.begin() as c:
+            n = ctx.state.retry_failed_messages(c, link=link, now=now)
+            ctx.state.add_audit(
+                c, who.name, "messages.retry", f"link:{link}" if link else "all", {"retried": n},
+                now=now,
+            )
+        log.info("failed messages retried",
+                 extra={"action": "messages.retry", "actor": who.name, "count": n})
+        return RetryOut(retried=n)
+
+    @router.post(
+        "/messages/{id}/retry",
+        response_model=RetryOut,
+        responses={**ADMIN, **NOT_FOUND, 409: {"model": ErrorOut}},
+    )
+    def retry_one(id: MessageId, who: Admin) -> RetryOut:
+        """A failed message back to pending with its attempts reset."""
+        now = ctx.clock()
+        with ctx.state.begin() as c:
+            result = ctx.state.retry_message(c, id, now=now)
+            if result in ("retried", "superseded"):
+                ctx.state.add_audit(
+                    c, who.name, "message.retry", f"message:{id}", {"result": result}, now=now
+                )
+        if result == "missing":
+            raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no message {id}")
+        if result not in ("retried", "superseded"):
+            raise HTTPException(
+                status.HTTP_409_CONFLICT,
+                detail=f"message {id} is {result}, not failed: only failed messages are retried",
+            )
+        log.info("message retried",
+                 extra={"action": "message.retry", "actor": who.name, "message_id": id})
+        return RetryOut(retried=1)
+
+    # -- records ---------------------------------------------------------------------
+    @router.get(
+        "/records/{system}/{object}/{id}/outcomes",
+        response_model=list[OutcomeOut],
+        responses={**AUTH, **NOT_FOUND},
+    )
+    def record_outcomes(
+        _: Viewer,
+        system: Annotated[str, Path(pattern=NAME_RE, max_length=128)],
+        object: Annotated[str, Path(pattern=NAME_RE, max_length=128)],
+        id: Annotated[RecordId, Path()],
+        limit: Limit = 100,
+    ) -> list[OutcomeOut]:
+        """What happened to one record, newest first (as source or as target)."""
+        sys_cfg = ctx.config.systems.get(system)
+        if sys_cfg is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no system named {system!r}")
+        if object not in sys_cfg.objects:
+            raise HTTPException(
+                status.HTTP_404_NOT_FOUND, detail=f"system {system!r} has no object {object!r}"
+            )
+        rows = ctx.state.outcomes(record=f"{system}.{object}:{id}", limit=limit)
+        return [OutcomeOut(**{**r, "message": _opt(r["message"])}) for r in rows]
+
+    # -- quotas and audit ------------------------------------------------------------
+    @router.get(
+        "/quotas",
+        response_model=QuotasOut,
+        responses=AUTH,
+        description=(
+            "Per-system API budgets (`quotas`: empty for now, quotas come later) and "
+            "the connector calls this service process has made (`calls`)."
+        ),
+    )
+    def quotas(_: Viewer) -> QuotasOut:
+        calls = [
+            SystemCalls(system=n, calls=c.count_calls()) for n, c in sorted(ctx.connectors.items())
+        ]
+        return QuotasOut(quotas=[], calls=calls)
+
+    @router.get("/audit", response_model=list[AuditOut], responses=ADMIN)
+    def audit(_: Admin, limit: Limit = 100) -> list[AuditOut]:
+        """Recent admin actions, newest first."""
+        return [AuditOut(**r) for r in ctx.state.audit_rows(limit)]
+
+    return router

@@ -1,0 +1,212 @@
+"""Admin commands: `crmsync token create|list|revoke`, `crmsync retry`, `crmsync status`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from crmsync.config.models import Config
+from crmsync.errors import ConfigError
+from crmsync.state.store import StateStore, utcnow
+
+ConfigOpt = Annotated[Path, typer.Option("-c", "--config", help="config file")]
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+token_app = typer.Typer(help="API tokens (admin or viewer).", no_args_is_help=True)
+
+CLI_ACTOR = "cli"
+
+
+@contextmanager
+def _state(path: Path) -> Iterator[tuple[Config, StateStore]]:
+    from crmsync.config.loader import load_config
+
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        for loc, msg in exc.problems:
+            err.print(f"{loc}: {msg}", markup=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    state = StateStore(config.state)
+    try:
+        state.migrate()
+        yield config, state
+    finally:
+        state.close()
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    from crmsync.config.secrets import redact
+
+    err.print(f"error: {redact(message)}", markup=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+# -- tokens ---------------------------------------------------------------------
+@token_app.command("create")
+def token_create(
+    role: Annotated[str, typer.Option(help="admin or viewer")],
+    name: Annotated[
+        str | None, typer.Option(help="who or what uses it (default: generated)")
+    ] = None,
+    config: ConfigOpt = Path("crmsync.yaml"),
+) -> None:
+    """Make a token; it is printed once, alone on the last line. Only its hash is kept."""
+    from crmsync.api.auth import ROLES, create_token, default_name
+
+    if role not in ROLES:
+        raise _fail(f"--role must be one of {', '.join(ROLES)}, got {role!r}", 2)
+    name = name or default_name(role)
+    with _state(config) as (_, state):
+        try:
+            token = create_token(state, role, name, actor=CLI_ACTOR)  # type: ignore[arg-type]
+        except ValueError as exc:
+            raise _fail(str(exc), 2) from None
+    err.print("The token is shown only now; store it safely.", markup=False)
+    out.print(f"created {role} token {name!r}:", markup=False)
+    # Alone on the last line, nothing after it, so scripts can take it with tail -1.
+    print(token, flush=True)
+
+
+@token_app.command("list")
+def token_list(config: ConfigOpt = Path("crmsync.yaml")) -> None:
+    """Tokens in use: name, role, created (never the token or its hash)."""
+    with _state(config) as (_, state):
+        rows = state.list_tokens()
+    if not rows:
+        out.print("no tokens", markup=False)
+        return
+    t = Table()
+    for col in ("name", "role", "created"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(r["name"], r["role"], _when(r["created_at"]))
+    out.print(t)
+
+
+@token_app.command("revoke")
+def token_revoke(
+    name: Annotated[str, typer.Argument(help="the token's name")],
+    config: ConfigOpt = Path("crmsync.yaml"),
+) -> None:
+    """Revoke a token: requests with it are refused from now on."""
+    from crmsync.api.auth import revoke_token
+
+    with _state(config) as (_, state):
+        n = revoke_token(state, name, actor=CLI_ACTOR)
+    if not n:
+        raise _fail(f"no active token named {name!r}")
+    out.print(f"revoked token {name}", markup=False)
+
+
+# -- retry ------------------------------------------------------------------------
+def retry(
+    config: ConfigOpt = Path("crmsync.yaml"),
+    link: Annotated[str | None, typer.Option("--link", help="only this link")] = None,
+    message_id: Annotated[int | None, typer.Option("--id", help="only this message")] = None,
+) -> None:
+    """Put failed messages back in the queue with their attempts reset."""
+    with _state(config) as (cfg, state):
+        if link is not None and link not in cfg.links:
+            raise _fail(f"no link named {link!r} (links: {', '.join(cfg.links)})", 2)
+        now = utcnow()
+        with state.begin() as c:
+            if message_id is not None:
+                result = state.retry_message(c, message_id, now=now)
+                if result == "missing":
+                    raise _fail(f"no message {message_id}")
+                if result not in ("retried", "superseded"):
+                    raise _fail(f"message {message_id} is {result}, not failed")
+                n = 1
+                state.add_audit(
+                    c, CLI_ACTOR, "message.retry", f"message:{message_id}", {"result": result},
+                    now=now,
+                )
+            else:
+                n = state.retry_failed_messages(c, link=link, now=now)
+                state.add_audit(
+                    c, CLI_ACTOR, "messages.retry", f"link:{link}" if link else "all",
+                    {"retried": n}, now=now,
+                )
+    out.print(f"{n} failed message(s) back in the queue", markup=False)
+
+
+# -- status -----------------------------------------------------------------------
+def _when(at: datetime | None) -> str:
+    return at.strftime("%Y-%m-%d %H:%M:%S") if at else "-"
+
+
+def _age(at: datetime | None, now: datetime) -> str:
+    if at is None:
+        return "-"
+    s = max(0, int((now - at).total_seconds()))
+    h, rest = divmod(s, 3600)
+    m, sec = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else (f"{m}m{sec:02d}s" if m else f"{sec}s")
+
+
+def _last_run(r: dict[str, Any] | None) -> str:
+    if r is None:
+        return "never"
+    counts = ", ".join(f"{k} {v}" for k, v in r["counts"].items() if v) or "no changes"
+    return f"{r['kind']} {r['status']} {_when(r['finished_at'] or r['started_at'])} ({counts})"
+
+
+def status(
+    config: ConfigOpt = Path("crmsync.yaml"),
+    link: Annotated[str | None, typer.Option("--link", help="only this link")] = None,
+) -> None:
+    """Links, queue depth, oldest waiting message, last run; systems and quotas."""
+    with _state(config) as (cfg, state):
+        if link is not None and link not in cfg.links:
+            raise _fail(f"no link named {link!r} (links: {', '.join(cfg.links)})", 2)
+        states = state.link_states()
+        with state.connect() as c:
+            counts = state.queue_counts_by_link(c)
+            oldest = state.oldest_waiting(c)
+            last = state.last_runs(c)
+    now = utcnow()
+    t = Table(title="links")
+    for col in ("link", "enabled", "schedule", "pending", "running", "failed",
+                "oldest waiting", "last run"):
+        t.add_column(col, justify="right" if col in ("pending", "running", "failed") else "left")
+    for name, lc in cfg.links.items():
+        if link is not None and name != link:
+            continue
+        override = states.get(name, {}).get("enabled")
+        enabled = lc.enabled if override is None else bool(override)
+        q = counts.get(name, {})
+        t.add_row(
+            name,
+            ("yes" if enabled else "no") + (" (switched)" if override is not None else ""),
+            lc.schedule or "on demand",
+            str(q.get("pending", 0)),
+            str(q.get("running", 0)),
+            str(q.get("failed", 0)),
+            _age(oldest.get(name), now),
+            _last_run(last.get(name)),
+        )
+    out.print(t)
+    s = Table(
+        title="systems",
+        caption="quotas are not configurable yet; call counts: GET /api/quotas",
+    )
+    for col in ("system", "connector", "paused", "quota"):
+        s.add_column(col)
+    for name, sc in cfg.systems.items():
+        s.add_row(name, sc.connector, "-", "-")
+    out.print(s)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(token_app, name="token")
+    app.command()(retry)
+    app.command()(status)
