@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from crmsync.config.models import Config
+from crmsync.config.secrets import redact
 from crmsync.errors import ConfigError
 from crmsync.state.store import StateStore, utcnow
 
@@ -44,8 +45,6 @@ def _state(path: Path) -> Iterator[tuple[Config, StateStore]]:
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    from crmsync.config.secrets import redact
-
     err.print(f"error: {redact(message)}", markup=False, soft_wrap=True)
     return typer.Exit(code)
 
@@ -153,11 +152,13 @@ def _age(at: datetime | None, now: datetime) -> str:
     return f"{h}h{m:02d}m" if h else (f"{m}m{sec:02d}s" if m else f"{sec}s")
 
 
-def _last_run(r: dict[str, Any] | None) -> str:
+def _last_run(name: str, r: dict[str, Any] | None) -> str:
     if r is None:
-        return "never"
+        return f"{name}: never ran"
     counts = ", ".join(f"{k} {v}" for k, v in r["counts"].items() if v) or "no changes"
-    return f"{r['kind']} {r['status']} {_when(r['finished_at'] or r['started_at'])} ({counts})"
+    when = _when(r["finished_at"] or r["started_at"])
+    line = f"{name}: {r['kind']} {r['status']} at {when} — {counts}"
+    return line + (f" — {redact(r['error'])}" if r.get("error") else "")
 
 
 def status(
@@ -175,9 +176,12 @@ def status(
             last = state.last_runs(c)
     now = utcnow()
     t = Table(title="links")
-    for col in ("link", "enabled", "schedule", "pending", "running", "failed",
-                "oldest waiting", "last run"):
-        t.add_column(col, justify="right" if col in ("pending", "running", "failed") else "left")
+    t.add_column("link", no_wrap=True)
+    t.add_column("enabled")
+    t.add_column("schedule")
+    for col in ("pending", "running", "failed"):
+        t.add_column(col, justify="right")
+    t.add_column("oldest waiting", justify="right")
     for name, lc in cfg.links.items():
         if link is not None and name != link:
             continue
@@ -192,12 +196,15 @@ def status(
             str(q.get("running", 0)),
             str(q.get("failed", 0)),
             _age(oldest.get(name), now),
-            _last_run(last.get(name)),
         )
     out.print(t)
+    out.print("last run:", markup=False)
+    for name in cfg.links:
+        if link is None or name == link:
+            out.print("  " + _last_run(name, last.get(name)), markup=False, soft_wrap=True)
     s = Table(
         title="systems",
-        caption="quotas are not configurable yet; call counts: GET /api/quotas",
+        caption="no quotas configured yet (calls made: GET /api/quotas)",
     )
     for col in ("system", "connector", "paused", "quota"):
         s.add_column(col)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response, status
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -47,6 +47,7 @@ MessageId = Annotated[int, Path(ge=1, le=2**31 - 1)]
 AUTH = {401: {"model": ErrorOut}}
 ADMIN = {401: {"model": ErrorOut}, 403: {"model": ErrorOut}}
 NOT_FOUND = {404: {"model": ErrorOut}}
+BAD_BODY = {400: {"model": ErrorOut, "description": "the body is not JSON"}}
 
 
 def _ctx(request: Request) -> ServiceContext:
@@ -65,6 +66,29 @@ def _known_link(ctx: ServiceContext, name: str | None) -> None:
 
 def _run(r: dict[str, Any]) -> RunOut:
     return RunOut(**{**r, "error": _opt(r.get("error"))})
+
+
+def reject_unknown_query(request: Request) -> None:
+    """A misspelt query parameter (``?lmit=5``) is an error, not silently ignored."""
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None:
+        return
+    known: set[str] = set()
+    todo = [dependant]
+    while todo:  # the route's own parameters and those of its dependencies
+        d = todo.pop()
+        known.update(p.alias for p in d.query_params)
+        todo.extend(d.dependencies)
+    unknown = sorted(set(request.query_params) - known)
+    if unknown:
+        raise HTTPException(
+            422,
+            detail=[
+                {"loc": ["query", k], "msg": "unknown query parameter", "type": "extra_forbidden"}
+                for k in unknown
+            ],
+        )
 
 
 def _links(ctx: ServiceContext, only: str | None = None) -> list[LinkOut]:
@@ -103,7 +127,7 @@ def build_public_router(ctx: ServiceContext) -> APIRouter:
     """Health and metrics: no token (load balancers and Prometheus call them)."""
     from crmsync.api.metrics import build_registry
 
-    router = APIRouter(tags=["service"])
+    router = APIRouter(tags=["service"], dependencies=[Depends(reject_unknown_query)])
     registry = build_registry(ctx)
 
     @router.get("/health", response_model=HealthOut, responses={503: {"model": HealthOut}})
@@ -132,7 +156,9 @@ def build_public_router(ctx: ServiceContext) -> APIRouter:
 
 
 def build_api_router(ctx: ServiceContext) -> APIRouter:
-    router = APIRouter(prefix="/api", tags=["api"])
+    router = APIRouter(
+        prefix="/api", tags=["api"], dependencies=[Depends(reject_unknown_query)]
+    )
 
     # -- links -----------------------------------------------------------------
     @router.get("/links", response_model=list[LinkOut], responses=AUTH)
@@ -167,7 +193,7 @@ def build_api_router(ctx: ServiceContext) -> APIRouter:
         "/links/{name}/sync",
         response_model=SyncOut,
         status_code=status.HTTP_202_ACCEPTED,
-        responses={**ADMIN, **NOT_FOUND, 409: {"model": ErrorOut}},
+        responses={**ADMIN, **NOT_FOUND, 409: {"model": ErrorOut}, **BAD_BODY},
     )
     def sync(name: Name, who: Admin, body: SyncIn | None = None) -> SyncOut:
         """Sync now: the given source records (queued), or the whole link (run requested)."""
