@@ -244,3 +244,34 @@ def test_token_never_in_logs_or_responses(
     erp_url = service.scenario.erp_url  # a ${VAR} secret of the config
     assert not any(erp_url in b for b in bodies)
     assert any(getattr(r, "action", None) == "link.sync" for r in caplog.records)
+
+
+def test_unexpected_error_is_redacted_json_500(
+    service: Service, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def boom() -> dict:
+        raise RuntimeError("cannot reach postgresql://app:hunter2secret@db.example/x")
+
+    monkeypatch.setattr(service.ctx.state, "link_states", boom)
+    caplog.set_level(logging.DEBUG)
+    r = service.client(service.viewer).get("/api/links")
+    assert r.status_code == 500 and r.json() == {"detail": "internal error"}
+    assert "hunter2secret" not in r.text and "hunter2secret" not in caplog.text
+    assert "RuntimeError" in caplog.text
+
+
+def test_health_503_when_state_unreachable(
+    service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlalchemy.exc
+
+    def down() -> int:
+        raise sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("unable to open"))
+
+    monkeypatch.setattr(service.ctx.state, "ping", down)
+    r = service.client().get("/health")
+    assert r.status_code == 503
+    assert r.json() == {"status": "unavailable", "schema_version": None}
+    monkeypatch.setattr(service.ctx.state, "link_states", down)
+    r = service.client(service.viewer).get("/api/links")
+    assert r.status_code == 503 and "unavailable" in r.json()["detail"]

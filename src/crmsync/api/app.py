@@ -8,12 +8,47 @@ from importlib.metadata import PackageNotFoundError, version
 import sqlalchemy.exc
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from crmsync.api.routes import build_api_router, build_public_router
 from crmsync.config.secrets import redact
 from crmsync.service.context import ServiceContext
 
 log = logging.getLogger("crmsync.api")
+
+
+class _RedactedErrors:
+    """An unexpected error becomes our own redacted log line and a JSON 500.
+
+    Without it the server logs the raw traceback, whose text may hold a URL
+    with a password; this catches the error before it gets there.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as exc:
+            log.error(
+                "unexpected error on %s %s: %s: %s", scope.get("method"), scope.get("path"),
+                type(exc).__name__, redact(str(exc)), extra={"action": "error"},
+            )
+            if not started:
+                response = JSONResponse({"detail": "internal error"}, status_code=500)
+                await response(scope, receive, send)
 
 
 def _version() -> str:
@@ -52,19 +87,11 @@ def create_app(ctx: ServiceContext) -> FastAPI:
         routers.append(hooks)
     for r in routers:
         app.include_router(r)
+    app.add_middleware(_RedactedErrors)
 
     @app.exception_handler(sqlalchemy.exc.OperationalError)
     async def _state_down(_: Request, exc: sqlalchemy.exc.OperationalError) -> JSONResponse:
         log.warning("state database error: %s", redact(str(exc.orig)), extra={"action": "error"})
         return JSONResponse({"detail": "the state database is unavailable"}, status_code=503)
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        # Our own log line, redacted, instead of a raw traceback that may hold a URL.
-        log.error(
-            "unexpected error on %s %s: %s: %s", request.method, request.url.path,
-            type(exc).__name__, redact(str(exc)), extra={"action": "error"},
-        )
-        return JSONResponse({"detail": "internal error"}, status_code=500)
 
     return app
