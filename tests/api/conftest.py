@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
+from dbs import fresh_database
 from scenario import Scenario
 
 from crmsync.api.app import create_app
@@ -75,13 +76,21 @@ class Service:
         return httpx.Client(base_url=self.url, headers=headers, timeout=10)
 
 
+# A module runs on PostgreSQL state too with:
+# pytestmark = pytest.mark.parametrize("service", STATE_BACKENDS, indirect=True, scope="module")
+STATE_BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)]
+
+
 @pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+def service(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Service]:
     """One synced scenario and one server per test module (tests share it)."""
+    backend = getattr(request, "param", "sqlite")
     tmp = tmp_path_factory.mktemp("api")
-    with pytest.MonkeyPatch.context() as mp:
+    with pytest.MonkeyPatch.context() as mp, fresh_database(backend, tmp, "state") as state:
         sc = Scenario(tmp, f"sqlite:///{tmp / 'erp.db'}", f"sqlite:///{tmp / 'crm.db'}",
-                      monkeypatch=mp)
+                      monkeypatch=mp, state_url=state)
         sc.seed(n=40, crm_existing=5)
         sc.sync()
         ctx = ServiceContext.open(sc.config_path)

@@ -6,10 +6,12 @@ import logging
 from datetime import timedelta
 
 import pytest
-from conftest import Service
+from conftest import STATE_BACKENDS, Service
 
 from crmsync.api.auth import create_token, revoke_token, verify
 from crmsync.state.store import utcnow
+
+pytestmark = pytest.mark.parametrize("service", STATE_BACKENDS, indirect=True, scope="module")
 
 LINK = "customers"
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 import schemathesis
-from conftest import Service
+from conftest import STATE_BACKENDS, Service
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
+
+pytestmark = pytest.mark.parametrize("service", STATE_BACKENDS, indirect=True, scope="module")
 
 MAX_EXAMPLES = 20
 
