@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from dbs import fresh_database
+from netproxy import Proxy
 from scenario import Scenario
 
 from crmsync.engine.lease import make_worker_id
@@ -156,73 +157,6 @@ def test_concurrent_workers_never_share_a_message(sc: Scenario) -> None:
         ctx.close()
 
 
-class Proxy:
-    """A loopback TCP proxy to a real server that can be stopped and started."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        self.port = s.getsockname()[1]
-        s.close()
-        self._server: socket.socket | None = None
-        self._conns: list[socket.socket] = []
-        self._lock = threading.Lock()
-
-    def start(self) -> None:
-        srv = socket.socket()
-        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        srv.bind(("127.0.0.1", self.port))
-        srv.listen(64)
-        self._server = srv
-        threading.Thread(target=self._accept, args=(srv,), daemon=True).start()
-
-    def stop(self) -> None:
-        if self._server is not None:
-            # close() alone does not wake a thread blocked in accept() on Linux:
-            # the port would keep listening. shutdown() does.
-            try:
-                self._server.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            self._server.close()
-            self._server = None
-        with self._lock:
-            for c in self._conns:
-                try:
-                    c.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                c.close()
-            self._conns.clear()
-
-    def _accept(self, srv: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = srv.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.target_port))
-            with self._lock:
-                self._conns += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(a: socket.socket, b: socket.socket) -> None:
-        try:
-            while data := a.recv(65536):
-                b.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (a, b):
-                try:
-                    s.close()
-                except OSError:
-                    pass
-
-
 @pytest.mark.postgresql
 def test_target_down_messages_wait_unspent_then_all_delivered(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -280,3 +214,22 @@ def test_target_down_messages_wait_unspent_then_all_delivered(
         finally:
             proxy.stop()
             sc.close()
+
+
+def test_disabled_link_is_neither_scheduled_nor_drained(sc: Scenario) -> None:
+    sc.sync()
+    clock = Clock()
+    ctx = ServiceContext.open(sc.config_path, clock=clock)
+    try:
+        with ctx.state.begin() as c:
+            ctx.state.set_link_enabled(c, "customers", False, actor="test", now=clock.now)
+            ctx.state.request_run(c, "customers", now=clock.now)
+            ctx.state.enqueue(c, "customers", "source", [("C00001", "upsert", None)])
+        assert Scheduler(ctx).run_once() == []
+        assert Worker(ctx).run_once() == 0
+        with ctx.state.begin() as c:
+            ctx.state.set_link_enabled(c, "customers", True, actor="test", now=clock.now)
+        assert Scheduler(ctx).run_once() == ["customers"]
+        assert Worker(ctx).run_once() >= 1
+    finally:
+        ctx.close()

@@ -121,7 +121,9 @@ class Engine:
             if only not in self.config.links:
                 raise KeyError(f"no link named {only!r} (links: {', '.join(self.config.links)})")
             return [only]
-        return [n for n, lc in self.config.links.items() if lc.enabled]
+        # The runtime switch (API enable/disable) overrides the config's `enabled`.
+        overrides = self.state.link_enabled_overrides()
+        return [n for n, lc in self.config.links.items() if overrides.get(n, lc.enabled)]
 
     # ------------------------------------------------------------------
     def sync(
