@@ -52,11 +52,21 @@ def serve(
     server = uvicorn.Server(
         uvicorn.Config(create_app(ctx), host=host, port=port, log_level="warning")
     )
+    # uvicorn in a thread: then it installs no signal handlers of its own (it
+    # would re-raise SIGTERM after its shutdown and kill the process before the
+    # worker finishes its batch); this thread owns SIGINT/SIGTERM instead.
+    api = threading.Thread(target=server.run, name="api", daemon=True)
+    _stop_on_signals(stop)
+    api.start()
     typer.echo(f"crmsync serving on http://{host}:{port} (API, scheduler, {workers} worker)")
     try:
-        server.run()  # handles SIGINT/SIGTERM itself
+        while not stop.wait(0.5):
+            if not api.is_alive():  # the API could not start (port taken, ...)
+                raise typer.Exit(1)
     finally:
         stop.set()
+        server.should_exit = True
+        api.join(timeout=30)
         for t in threads:
             t.join(timeout=30)
         ctx.close()
