@@ -40,7 +40,7 @@ deal = sa.Table(
 )
 
 CONFIG = """\
-state: sqlite:///{state}
+state: {state}
 systems:
   esign:
     connector: webhook
@@ -186,7 +186,7 @@ class Server:
 
 def make_env(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, crm_secret: bool = False,
-    back_link: bool = False,
+    back_link: bool = False, state_url: str | None = None,
 ) -> Iterator[Env]:
     secret = new_secret()
     monkeypatch.setenv("ESIGN_SECRET", secret)
@@ -200,7 +200,7 @@ def make_env(
     cfg = tmp_path / "crmsync.yaml"
     cfg.write_text(
         CONFIG.format(
-            state=tmp_path / "state.db",
+            state=state_url or f"sqlite:///{tmp_path / 'state.db'}",
             crm=crm,
             crm_secret="webhook_secret: ${CRM_SECRET}" if crm_secret else "",
             extra=BACK_LINK if back_link else "",

@@ -135,3 +135,42 @@ def test_ten_thousand_shuffled_duplicated_deliveries_converge(
         counts = env.ctx.state.queue_counts(c)
     assert counts.get("pending", 0) == 0 and counts.get("failed", 0) == 0
     assert env.counts()["crmsync_webhook_deliveries"] == len(distinct)
+
+
+@pytest.mark.postgresql
+def test_concurrent_pushes_on_postgresql_state(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Advisory lock: concurrent pushes get distinct seqs, and versions still converge."""
+    import sqlalchemy as sa
+    from dbs import fresh_database
+
+    from crmsync.state import schema as S
+
+    with fresh_database("postgresql", tmp_path, "state") as url:
+        gen = make_env(tmp_path, monkeypatch, state_url=url)
+        env = next(gen)
+        try:
+            rng = random.Random(7)
+            docs = [changes[:6] for changes in _versions(rng)[:60]]
+            distinct = [
+                (f"pg_{c['id']}_{n}", json.dumps(c).encode())
+                for changes in docs for n, c in enumerate(changes)
+            ]
+            deliveries = distinct + rng.sample(distinct, 60)
+            rng.shuffle(deliveries)
+            assert _send_all(env, deliveries) == Counter({202: len(distinct), 409: 60})
+            with env.ctx.state.connect() as c:
+                seqs = list(c.execute(sa.select(S.pushed_records.c.seq)).scalars())
+            assert len(seqs) == len(set(seqs)) == 60
+            env.sync()
+            expected = {
+                ch[-1]["id"]: {
+                    "amount": Decimal(str(ch[-1]["values"]["amount"])).quantize(Decimal("0.01")),
+                    "status": ch[-1]["values"]["status"], "city": ch[-1]["values"]["city"],
+                }
+                for ch in docs
+            }
+            assert env.crm_rows() == expected
+        finally:
+            gen.close()

@@ -107,3 +107,13 @@ def test_a_link_switched_off_at_runtime_gets_nothing_queued(env: Env) -> None:
         env.ctx.state.set_link_enabled(c, "contracts", True, actor="test", now=env.clock())
     env.sync()
     assert env.crm_rows()["OFF"]["status"] == "x"
+
+
+def test_openapi_documents_the_route(env: Env) -> None:
+    doc = env.client.get(f"{env.url}/openapi.json").json()
+    op = doc["paths"]["/hooks/{system}"]["post"]
+    assert {p["name"] for p in op["parameters"]} >= {
+        "system", "webhook-id", "webhook-timestamp", "webhook-signature"}
+    assert "application/json" in op["requestBody"]["content"]
+    assert {"202", "401", "409", "413", "422"} <= set(op["responses"])
+    assert "$ref" not in str(op["requestBody"])  # inlined: resolvable anywhere

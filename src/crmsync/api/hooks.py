@@ -88,6 +88,17 @@ class DeliveryIn(BaseModel):
     changes: list[ChangeIn] = Field(min_length=1)
 
 
+# Inlined (no $ref): the route's schema lives inside the app's OpenAPI document.
+_CHANGE_SCHEMA: dict[str, Any] = ChangeIn.model_json_schema()
+_DELIVERY_SCHEMA: dict[str, Any] = {
+    "title": "DeliveryIn",
+    "type": "object",
+    "properties": {"changes": {"type": "array", "items": _CHANGE_SCHEMA, "minItems": 1}},
+    "required": ["changes"],
+    "additionalProperties": False,
+}
+
+
 class Accepted(BaseModel):
     accepted: int
     queued: int
@@ -186,12 +197,7 @@ def build_router(ctx: ServiceContext) -> APIRouter:
                 "required": True,
                 "content": {
                     "application/json": {
-                        "schema": {
-                            "anyOf": [
-                                ChangeIn.model_json_schema(),
-                                DeliveryIn.model_json_schema(),
-                            ]
-                        }
+                        "schema": {"anyOf": [_CHANGE_SCHEMA, _DELIVERY_SCHEMA]}
                     }
                 },
             },
