@@ -233,3 +233,19 @@ def test_disabled_link_is_neither_scheduled_nor_drained(sc: Scenario) -> None:
         assert Worker(ctx).run_once() >= 1
     finally:
         ctx.close()
+
+
+def test_scheduler_prunes_old_webhook_ids(sc: Scenario) -> None:
+    clock = Clock()
+    ctx = ServiceContext.open(sc.config_path, clock=clock)
+    try:
+        with ctx.state.begin() as c:
+            for wid, at in (("old", clock.now - timedelta(hours=1)), ("new", clock.now)):
+                c.execute(sa.insert(S.webhook_deliveries).values(
+                    system="erp", webhook_id=wid, received_at=at))
+        assert Scheduler(ctx).run_once() == []
+        with ctx.state.connect() as c:
+            ids = set(c.execute(sa.select(S.webhook_deliveries.c.webhook_id)).scalars())
+        assert ids == {"new"}
+    finally:
+        ctx.close()

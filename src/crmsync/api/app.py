@@ -6,10 +6,11 @@ import logging
 from importlib.metadata import PackageNotFoundError, version
 
 import sqlalchemy.exc
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from crmsync.api.hooks import build_router as build_hooks_router
 from crmsync.api.routes import build_api_router, build_public_router
 from crmsync.config.secrets import redact
 from crmsync.service.context import ServiceContext
@@ -58,18 +59,6 @@ def _version() -> str:
         return "0"
 
 
-def _hooks_router(ctx: ServiceContext) -> APIRouter | None:
-    # The webhook receiver is built alongside; until its module lands the API
-    # runs without it. Only a missing module is tolerated, not a broken one.
-    try:
-        from crmsync.api.hooks import build_router
-    except ModuleNotFoundError as exc:
-        if exc.name != "crmsync.api.hooks":
-            raise
-        return None
-    return build_router(ctx)
-
-
 def create_app(ctx: ServiceContext) -> FastAPI:
     app = FastAPI(
         title="crmsync",
@@ -82,9 +71,7 @@ def create_app(ctx: ServiceContext) -> FastAPI:
     )
     app.state.ctx = ctx
     routers = [build_public_router(ctx), build_api_router(ctx)]
-    hooks = _hooks_router(ctx)
-    if hooks is not None:
-        routers.append(hooks)
+    routers.append(build_hooks_router(ctx))
     for r in routers:
         app.include_router(r)
     app.add_middleware(_RedactedErrors)

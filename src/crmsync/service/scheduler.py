@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import zlib
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -48,6 +48,7 @@ class Scheduler:
         self.ctx = ctx
         self.tick_s = tick_s
         self._lock_conn: sa.Connection | None = None
+        self._last_prune: datetime | None = None
         self.runs = 0
 
     # -- leadership --------------------------------------------------------
@@ -87,11 +88,20 @@ class Scheduler:
                 out.append(name)
         return out
 
+    def prune(self, now: datetime) -> int:
+        """Forget webhook ids too old to replay (their signed timestamp is refused anyway)."""
+        before = now - timedelta(seconds=2 * self.ctx.webhook_tolerance_s)
+        with self.ctx.state.begin() as c:
+            return self.ctx.state.prune_webhook_deliveries(c, before)
+
     def run_once(self) -> list[str]:
         """Run every due link's capture; returns the links run."""
         if not self.is_leader():
             return []
         now = self.ctx.clock()
+        if self._last_prune is None or now - self._last_prune >= timedelta(minutes=10):
+            self._last_prune = now
+            self.prune(now)
         ran = []
         for name in self.due(now):
             report = self.ctx.engine.capture_link(name)

@@ -719,6 +719,8 @@ class StateStore:
         """Links switched on or off at runtime (API/CLI); these win over the config."""
         t = S.link_state
         with self.connect() as c:
+            if self.readonly and not sa.inspect(c).has_table(t.name):
+                return {}  # a dry run against an older, not yet upgraded state
             rows = c.execute(sa.select(t.c.link, t.c.enabled).where(t.c.enabled.is_not(None)))
             return {r.link: bool(r.enabled) for r in rows}
 
