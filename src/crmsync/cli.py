@@ -139,17 +139,9 @@ def _refuse_if_invalid(config: Path) -> None:
 
 def _summary_table(title: str, reports: list[Any]) -> Table:
     t = Table(title=title)
-    keys = (
-        "created",
-        "updated",
-        "unchanged",
-        "matched",
-        "conflicts",
-        "rejected",
-        "deleted",
-        "skipped",
-        "failed",
-    )
+    from crmsync.engine.runner import SUMMARY_KEYS
+
+    keys = tuple(k for k in SUMMARY_KEYS if k != "filtered")
     t.add_column("link")
     t.add_column("run")
     for k in keys:

@@ -38,7 +38,8 @@ from crmsync.state.store import StateStore, utcnow
 # progress(link, phase, done, total)
 Progress = Callable[[str, str, int, int | None], None]
 
-_COUNT_KEYS = (
+# The counts every run reports, in the order tables show them.
+SUMMARY_KEYS = (
     "created",
     "updated",
     "unchanged",
@@ -73,8 +74,8 @@ class LinkReport:
                     self.samples.append(o)
 
     def summary(self) -> dict[str, int]:
-        return {k: self.counts.get(k, 0) for k in _COUNT_KEYS} | {
-            k: v for k, v in self.counts.items() if k not in _COUNT_KEYS
+        return {k: self.counts.get(k, 0) for k in SUMMARY_KEYS} | {
+            k: v for k, v in self.counts.items() if k not in SUMMARY_KEYS
         }
 
 

@@ -354,13 +354,7 @@ class StateStore:
         ]
         if not stale:
             return 0
-        p = m.alias("p")
-        superseded = sa.select(sa.literal(1)).where(
-            p.c.link == m.c.link,
-            p.c.side == m.c.side,
-            p.c.record_id == m.c.record_id,
-            p.c.status == "pending",
-        )
+        superseded = _pending_twin(m)
         n = 0
         for chunk in _chunks(stale, 500):
             c.execute(sa.delete(m).where(m.c.id.in_(chunk), superseded.exists()))
@@ -412,13 +406,7 @@ class StateStore:
                 )
                 # A pending twin may exist (a newer change arrived meanwhile): then this
                 # one is superseded and dropped instead of violating one-pending.
-                p = m.alias("p")
-                twin = sa.select(sa.literal(1)).where(
-                    p.c.link == m.c.link,
-                    p.c.side == m.c.side,
-                    p.c.record_id == m.c.record_id,
-                    p.c.status == "pending",
-                )
+                twin = _pending_twin(m)
                 c.execute(
                     sa.delete(m).where(
                         m.c.id.in_(chunk), m.c.attempts + 1 < max_attempts, twin.exists()
@@ -431,13 +419,7 @@ class StateStore:
                 ).scalar_one()
             else:
                 values["status"] = "pending"
-                p = m.alias("p")
-                twin = sa.select(sa.literal(1)).where(
-                    p.c.link == m.c.link,
-                    p.c.side == m.c.side,
-                    p.c.record_id == m.c.record_id,
-                    p.c.status == "pending",
-                )
+                twin = _pending_twin(m)
                 c.execute(sa.delete(m).where(m.c.id.in_(chunk), twin.exists()))
             values["claimed_by"] = None
             values["lease_until"] = None
@@ -472,24 +454,6 @@ class StateStore:
                 status="failed" if max_attempts <= 1 else "pending",
             )
         )
-
-    def retry_failed(self, c: sa.Connection, link: str | None = None) -> int:
-        m = S.messages
-        cond = [m.c.status == "failed"]
-        if link:
-            cond.append(m.c.link == link)
-        p = m.alias("p")
-        twin = sa.select(sa.literal(1)).where(
-            p.c.link == m.c.link,
-            p.c.side == m.c.side,
-            p.c.record_id == m.c.record_id,
-            p.c.status == "pending",
-        )
-        c.execute(sa.delete(m).where(*cond, twin.exists()))
-        res = c.execute(
-            sa.update(m).where(*cond).values(status="pending", attempts=0, available_at=utcnow())
-        )
-        return res.rowcount or 0
 
     def pending_ids(self, c: sa.Connection, link: str, side: str) -> list[str]:
         m = S.messages
@@ -832,15 +796,10 @@ class StateStore:
         cond = [m.c.status == "failed"]
         if link:
             cond.append(m.c.link == link)
-        p = m.alias("p")
-        twin = sa.select(sa.literal(1)).where(
-            p.c.link == m.c.link,
-            p.c.side == m.c.side,
-            p.c.record_id == m.c.record_id,
-            p.c.status == "pending",
-        )
+        twin = _pending_twin(m)
         # Two failed messages of one record become one: the newest (apply reads
         # current values), or one-pending-per-record would be violated.
+        p = m.alias("p")
         newer = sa.select(sa.literal(1)).where(
             p.c.link == m.c.link,
             p.c.side == m.c.side,
@@ -1034,6 +993,21 @@ OUTCOME_COLUMNS = (
 )
 # SQLAlchemy's SQLite DateTime text form, so text comparisons stay ordered.
 _TS = "%Y-%m-%d %H:%M:%S.%f"
+
+
+def _pending_twin(m: sa.Table) -> sa.Select[Any]:
+    """A pending message for the same record as ``m``'s row (use ``.exists()``).
+
+    Apply reads current values, so such a message supersedes ``m``'s row; and
+    only one pending message per record may exist.
+    """
+    p = m.alias("p")
+    return sa.select(sa.literal(1)).where(
+        p.c.link == m.c.link,
+        p.c.side == m.c.side,
+        p.c.record_id == m.c.record_id,
+        p.c.status == "pending",
+    )
 
 
 def expand_fields(stored: Any) -> list[dict[str, Any]]:
