@@ -174,6 +174,9 @@ def status(
             counts = state.queue_counts_by_link(c)
             oldest = state.oldest_waiting(c)
             last = state.last_runs(c)
+        from crmsync.engine.quota import QuotaGuard
+
+        quotas = {q.system: q for q in QuotaGuard(cfg, state, utcnow).all()}
     now = utcnow()
     t = Table(title="links")
     t.add_column("link", no_wrap=True)
@@ -202,14 +205,18 @@ def status(
     for name in cfg.links:
         if link is None or name == link:
             out.print("  " + _last_run(name, last.get(name)), markup=False, soft_wrap=True)
-    s = Table(
-        title="systems",
-        caption="no quotas configured yet (calls made: GET /api/quotas)",
-    )
-    for col in ("system", "connector", "paused", "quota"):
+    s = Table(title="systems", caption="paused systems: see the worker's log")
+    for col in ("system", "connector", "quota", "used", "remaining", "resets at (UTC)"):
         s.add_column(col)
     for name, sc in cfg.systems.items():
-        s.add_row(name, sc.connector, "-", "-")
+        q = quotas.get(name)
+        if q is None:
+            s.add_row(name, sc.connector, "-", "-", "-", "-")
+        else:
+            s.add_row(
+                name, sc.connector, f"{q.calls}/{q.per}", str(q.used), str(q.remaining),
+                q.resets_at.strftime("%Y-%m-%d %H:%M"),
+            )
     out.print(s)
 
 

@@ -29,6 +29,18 @@ class Schedule:
         return croniter(self.cron, when).get_next(datetime)
 
 
+_DURATION = re.compile(r"^\s*(\d+)\s*(s|m|min|h|d)\s*$")
+_DUR_UNIT = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> int:
+    """Seconds in ``30s``, ``15m``, ``24h``, ``7d``; ValueError says what was expected."""
+    m = _DURATION.match(text)
+    if not m or int(m.group(1)) == 0:
+        raise ValueError(f"expected a duration such as 1h, 24h or 7d, got {text!r}")
+    return int(m.group(1)) * _DUR_UNIT[m.group(2)]
+
+
 def parse_schedule(text: str) -> Schedule:
     """Parse ``15m``/``2h`` or a 5-field cron expression; ValueError says what was expected."""
     m = _INTERVAL.match(text)

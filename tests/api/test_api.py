@@ -9,6 +9,7 @@ import pytest
 from conftest import STATE_BACKENDS, Service
 
 from crmsync.api.auth import create_token, revoke_token, verify
+from crmsync.state.schema import SCHEMA_VERSION
 from crmsync.state.store import utcnow
 
 pytestmark = pytest.mark.parametrize("service", STATE_BACKENDS, indirect=True, scope="module")
@@ -37,7 +38,7 @@ VIEWER_ROUTES = [
 def test_health_needs_no_token(service: Service) -> None:
     r = service.client().get("/health")
     assert r.status_code == 200
-    assert r.json() == {"status": "ok", "schema_version": 2}
+    assert r.json() == {"status": "ok", "schema_version": SCHEMA_VERSION}
 
 
 @pytest.mark.parametrize(("method", "path", "body"), ADMIN_ROUTES)

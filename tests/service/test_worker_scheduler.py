@@ -249,3 +249,55 @@ def test_scheduler_prunes_old_webhook_ids(sc: Scenario) -> None:
         assert ids == {"new"}
     finally:
         ctx.close()
+
+
+def test_quota_defers_the_rest_to_the_next_window_and_drops_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url_e = f"sqlite:///{tmp_path / 'erp.db'}"
+    url_c = f"sqlite:///{tmp_path / 'crm.db'}"
+    sc = Scenario(tmp_path, url_e, url_c, monkeypatch=monkeypatch, batch=5)
+    try:
+        sc.seed()
+        sc.sync()
+        text = sc.config_path.read_text().replace(
+            "    url: " + url_c, "    url: " + url_c + "\n    quota: {calls: 30, per: 1h}"
+        )
+        sc.config_path.write_text(text)
+        active = [k for k, v in sc.erp_rows().items() if v["contract_status"] == "active"]
+        for k in active:
+            sc.erp_update(k, name=f"Budgeted {k}")
+        clock = Clock()
+        ctx = ServiceContext.open(sc.config_path, clock=clock)
+        try:
+            with ctx.state.begin() as c:
+                ctx.state.request_run(c, "customers", now=clock.now)
+            assert Scheduler(ctx).run_once() == ["customers"]
+            worker = Worker(ctx)
+            while worker.run_once():
+                pass
+            st = ctx.quota.status("crm")
+            assert st is not None and st.remaining == 0 and st.used >= 30
+            assert worker.quota_waiting == {"customers": "crm"}
+            done = sum(1 for k in active if sc.crm_rows()[k]["name"] == f"Budgeted {k}")
+            assert 0 < done < len(active)  # part done, the rest waits
+            with ctx.state.connect() as c:
+                waiting = c.execute(sa.select(S.messages)).all()
+            assert waiting and all(m.status == "pending" and m.attempts == 0 for m in waiting)
+            windows = 0
+            while True:
+                clock.now += timedelta(hours=1)  # the next window
+                windows += 1
+                while worker.run_once():
+                    pass
+                with ctx.state.connect() as c:
+                    if not ctx.state.queue_counts(c):
+                        break
+                assert windows < 50
+            crm = sc.crm_rows()
+            assert all(crm[k]["name"] == f"Budgeted {k}" for k in active)  # none dropped
+            assert windows >= 1
+        finally:
+            ctx.close()
+    finally:
+        sc.close()

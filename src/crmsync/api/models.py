@@ -129,7 +129,7 @@ class QuotaOut(BaseModel):
 
 class QuotasOut(BaseModel):
     quotas: list[QuotaOut] = Field(
-        description="per-system API budgets; empty until quotas are configurable"
+        description="per-system API budgets (systems with a `quota:` in the config)"
     )
     calls: list[SystemCalls]
 

@@ -24,6 +24,7 @@ from crmsync.api.models import (
     OutcomeOut,
     QueueCounts,
     QueueStatus,
+    QuotaOut,
     QuotasOut,
     RecordId,
     RetryOut,
@@ -309,15 +310,23 @@ def build_api_router(ctx: ServiceContext) -> APIRouter:
         response_model=QuotasOut,
         responses=AUTH,
         description=(
-            "Per-system API budgets (`quotas`: empty for now, quotas come later) and "
-            "the connector calls this service process has made (`calls`)."
+            "Per-system API budgets (`quotas`: use in the current window, remaining calls "
+            "and when the window resets) and the connector calls this service process has "
+            "made (`calls`)."
         ),
     )
     def quotas(_: Viewer) -> QuotasOut:
         calls = [
             SystemCalls(system=n, calls=c.count_calls()) for n, c in sorted(ctx.connectors.items())
         ]
-        return QuotasOut(quotas=[], calls=calls)
+        budgets = [
+            QuotaOut(
+                system=q.system, calls=q.calls, per=q.per, used=q.used, remaining=q.remaining,
+                resets_at=q.resets_at,
+            )
+            for q in (ctx.quota.all() if ctx.quota is not None else [])
+        ]
+        return QuotasOut(quotas=budgets, calls=calls)
 
     @router.get("/audit", response_model=list[AuditOut], responses=ADMIN)
     def audit(_: Admin, limit: Limit = 100) -> list[AuditOut]:

@@ -58,6 +58,27 @@ class ObjectConfig(_Strict):
     schema_name: str | None = Field(None, alias="schema", description="database schema")
 
 
+class QuotaConfig(_Strict):
+    """An API budget: at most ``calls`` connector calls per ``per`` window."""
+
+    calls: int = Field(ge=1, description="calls allowed per window")
+    per: str = Field("24h", description="window length: 1h, 24h, 7d ...")
+
+    @field_validator("per")
+    @classmethod
+    def _per(cls, v: str) -> str:
+        from crmsync.schedule import parse_duration
+
+        parse_duration(v)
+        return v
+
+    @property
+    def window_s(self) -> int:
+        from crmsync.schedule import parse_duration
+
+        return parse_duration(self.per)
+
+
 class SystemConfig(_Strict):
     """A system reached through SQL (any SQLAlchemy URL)."""
 
@@ -67,6 +88,9 @@ class SystemConfig(_Strict):
     webhook_secret: str | None = Field(
         None,
         description="Standard Webhooks secret (whsec_...) for POST /hooks/SYSTEM; use ${VAR}",
+    )
+    quota: QuotaConfig | None = Field(
+        None, description="API budget; work beyond it waits for the next window"
     )
 
     @field_validator("objects")

@@ -129,8 +129,13 @@ class Connector(ABC):
         """
 
     def count_calls(self) -> int:
-        """Calls made so far (quotas are counted from this)."""
+        """Calls made so far, by every thread."""
         return 0
+
+    def thread_calls(self) -> int:
+        """Calls made so far by the calling thread: quotas measure one batch with it,
+        exactly, while other threads of the process use the same connector."""
+        return self.count_calls()
 
     def close(self) -> None:  # noqa: B027 - optional hook, default does nothing
         """Release connections."""

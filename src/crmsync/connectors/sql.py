@@ -11,6 +11,7 @@ conversion stays in SQLAlchemy's C result processors wherever possible.
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -205,6 +206,7 @@ class SqlConnector(Connector):
         super().__init__(name)
         self._objects = dict(objects)
         self._calls = 0
+        self._thread = threading.local()
         self._cache: dict[str, _Obj] = {}
         engine_url = sa.make_url(url)
         # Kept only to scrub it from driver messages (some echo connection strings).
@@ -221,6 +223,8 @@ class SqlConnector(Connector):
     # -- plumbing --------------------------------------------------------
     def _count(self, *args: Any) -> None:
         self._calls += 1
+        # runs in the thread that executes the statement
+        self._thread.calls = getattr(self._thread, "calls", 0) + 1
 
     def _on_connect(self, dbapi_conn: Any, record: Any) -> None:
         # Naive datetimes mean UTC: make the session agree for timestamptz/TIMESTAMP.
@@ -236,6 +240,9 @@ class SqlConnector(Connector):
 
     def count_calls(self) -> int:
         return self._calls
+
+    def thread_calls(self) -> int:
+        return getattr(self._thread, "calls", 0)
 
     def close(self) -> None:
         self._engine.dispose()

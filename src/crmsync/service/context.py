@@ -13,6 +13,7 @@ from pathlib import Path
 
 from crmsync.config.models import Config
 from crmsync.connectors.base import Connector
+from crmsync.engine.quota import QuotaGuard
 from crmsync.engine.runner import Engine
 from crmsync.state.store import StateStore, utcnow
 
@@ -30,6 +31,11 @@ class ServiceContext:
     webhook_tolerance_s: int = 300
     max_body_bytes: int = 1024 * 1024
     worker_id: str = field(default="")
+    quota: QuotaGuard | None = None
+
+    def __post_init__(self) -> None:
+        if self.quota is None:
+            self.quota = QuotaGuard(self.config, self.state, self.clock)
 
     @classmethod
     def open(

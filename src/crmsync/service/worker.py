@@ -53,6 +53,8 @@ class Worker:
         self.monotonic = monotonic
         self.appliers: dict[str, Applier] = {}
         self.paused: dict[str, Pause] = {}
+        # links waiting for a quota window: link -> the spent system
+        self.quota_waiting: dict[str, str] = {}
         self.processed = 0
         self._last_recover = 0.0
 
@@ -78,6 +80,16 @@ class Worker:
             pause = self.paused.get(name)
             if pause is not None and now < pause.until:
                 continue
+            lc = self.ctx.config.links[name]
+            systems = (lc.source_system, lc.target_system)
+            guard = self.ctx.quota
+            if guard is not None and (spent := guard.exhausted(systems)):
+                # The budget is spent: messages stay queued for the next window.
+                self.quota_waiting[name] = spent
+                continue
+            self.quota_waiting.pop(name, None)
+            conns = self.ctx.connectors
+            before = {s: conns[s].thread_calls() for s in systems}
             try:
                 applier = self.appliers.get(name)
                 if applier is None:
@@ -97,6 +109,10 @@ class Worker:
                 # the other links instead of dying on one record's bug.
                 log.exception("batch failed", extra={"action": "batch_failed", "link": name})
                 continue
+            finally:
+                if guard is not None:
+                    for sys_name in set(systems):
+                        guard.spend(sys_name, conns[sys_name].thread_calls() - before[sys_name])
             if pause is not None:
                 del self.paused[name]
                 log.info("system answers again", extra={"action": "resume", "link": name})

@@ -181,6 +181,17 @@ link_state = sa.Table(
     sa.Column("last_run_at", sa.DateTime, nullable=True),
 )
 
+# -- v3: quotas ------------------------------------------------------------------
+
+# Calls spent per system in its current quota window (shared by all workers).
+quota_use = sa.Table(
+    "crmsync_quota_use",
+    metadata,
+    sa.Column("system", sa.String(128), primary_key=True),
+    sa.Column("window_start", sa.DateTime, nullable=False),
+    sa.Column("calls", sa.Integer, nullable=False),
+)
+
 V1_TABLES = [meta, cursors, messages, identities, runs, outcomes]
 V2_TABLES = [tokens, audit, webhook_deliveries, pushed_records, link_state]
 
@@ -200,6 +211,10 @@ def _v2(conn: sa.Connection) -> None:
     metadata.create_all(conn, tables=V2_TABLES, checkfirst=True)
 
 
+def _v3(conn: sa.Connection) -> None:
+    metadata.create_all(conn, tables=[quota_use], checkfirst=True)
+
+
 # Step n brings the schema from version n-1 to n.
-MIGRATIONS: list[Callable[[sa.Connection], None]] = [_v1, _v2]
+MIGRATIONS: list[Callable[[sa.Connection], None]] = [_v1, _v2, _v3]
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -184,6 +184,10 @@ class StateStore:
         """A timestamp as a driver-level insert binds it (formatted once per batch)."""
         return when.strftime(_TS) if self.dialect == "sqlite" else when
 
+    def upsert(self, table: sa.Table) -> Any:
+        """An INSERT that takes ON CONFLICT clauses (SQLite and PostgreSQL)."""
+        return self._upsert(table)
+
     def _upsert(self, table: sa.Table) -> Any:
         if self.dialect == "postgresql":
             return postgresql.insert(table)

@@ -1,0 +1,102 @@
+"""API budgets per system: calls per fixed window, counted in the state database.
+
+Every connector call counts: the worker and the scheduler measure the calls
+a batch or a capture made (``Connector.count_calls``) and add them to the
+system's counter for the current window, in the state database, so all
+workers on all machines share one budget. Work for a system whose budget is
+spent is not started: its messages stay queued (attempts unspent) and go out
+in the next window. A batch already started finishes, so a window can end a
+few calls over budget, never more than one batch's worth.
+
+Windows are fixed and aligned to the epoch (a 24h window resets at 00:00 UTC),
+so every worker agrees on when one ends without talking to the others.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+
+from crmsync.config.models import Config, QuotaConfig
+from crmsync.state import schema as S
+from crmsync.state.store import StateStore
+
+_EPOCH = datetime(1970, 1, 1)
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaStatus:
+    system: str
+    calls: int
+    per: str
+    used: int
+    remaining: int
+    resets_at: datetime
+
+
+def window_start(now: datetime, window_s: int) -> datetime:
+    n = int((now - _EPOCH).total_seconds()) // window_s
+    return _EPOCH + timedelta(seconds=n * window_s)
+
+
+class QuotaGuard:
+    def __init__(self, config: Config, state: StateStore, clock: Callable[[], datetime]) -> None:
+        self.state = state
+        self.clock = clock
+        self.quotas: dict[str, QuotaConfig] = {
+            name: q for name, s in config.systems.items() if (q := getattr(s, "quota", None))
+        }
+
+    def _used(self, c: sa.Connection, system: str, start: datetime) -> int:
+        t = S.quota_use
+        row = c.execute(
+            sa.select(t.c.window_start, t.c.calls).where(t.c.system == system)
+        ).first()
+        return int(row.calls) if row is not None and row.window_start == start else 0
+
+    def status(self, system: str) -> QuotaStatus | None:
+        q = self.quotas.get(system)
+        if q is None:
+            return None
+        now = self.clock()
+        start = window_start(now, q.window_s)
+        with self.state.connect() as c:
+            used = self._used(c, system, start)
+        return QuotaStatus(
+            system, q.calls, q.per, used, max(0, q.calls - used),
+            start + timedelta(seconds=q.window_s),
+        )
+
+    def all(self) -> list[QuotaStatus]:
+        return [s for name in self.quotas if (s := self.status(name)) is not None]
+
+    def exhausted(self, systems: Iterable[str]) -> str | None:
+        """The first of ``systems`` whose budget is spent for this window, or None."""
+        for name in systems:
+            st = self.status(name)
+            if st is not None and st.remaining <= 0:
+                return name
+        return None
+
+    def spend(self, system: str, calls: int) -> None:
+        """Add ``calls`` to the system's counter for the current window."""
+        q = self.quotas.get(system)
+        if q is None or calls <= 0:
+            return
+        start = window_start(self.clock(), q.window_s)
+        t = S.quota_use
+        # One atomic upsert: concurrent workers add up, and the first call of a
+        # new window starts the count afresh.
+        ins = self.state.upsert(t).values(system=system, window_start=start, calls=calls)
+        stmt = ins.on_conflict_do_update(
+            index_elements=["system"],
+            set_={
+                "calls": sa.case((t.c.window_start == start, t.c.calls + calls), else_=calls),
+                "window_start": start,
+            },
+        )
+        with self.state.begin() as c:
+            c.execute(stmt)
