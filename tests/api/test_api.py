@@ -6,7 +6,7 @@ import logging
 from datetime import timedelta
 
 import pytest
-from conftest import STATE_BACKENDS, Service
+from apiservice import STATE_BACKENDS, Service
 
 from crmsync.api.auth import create_token, revoke_token, verify
 from crmsync.state.schema import SCHEMA_VERSION

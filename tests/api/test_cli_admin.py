@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import httpx
-from conftest import Service
+from apiservice import Service
 
 from crmsync.state.store import utcnow
 

@@ -6,7 +6,7 @@ from datetime import date
 from decimal import Decimal
 
 import pytest
-from conftest import Env
+from hookenv import Env
 
 from crmsync.config.models import WebhookSystemConfig
 from crmsync.connectors.webhook import PushRejected, WebhookConnector

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Env, make_env
+from hookenv import Env, make_env
 
 DOCS = 500
 VERSIONS = 16  # 500 x 16 = 8,000 distinct deliveries

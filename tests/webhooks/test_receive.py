@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from conftest import Env, deal, make_env
+from hookenv import Env, deal, make_env
 
 from crmsync.state import schema as S
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import Env, new_secret
+from hookenv import Env, new_secret
 
 GOOD = {"object": "document", "id": "D-1", "op": "created",
         "values": {"amount": "1.5", "status": "signed", "city": "Oslo"}}

@@ -119,6 +119,11 @@ class _Checker:
         if link.filter is not None and src is not None:
             for rel, msg in filters.criteria_problems(link.filter, replace(src, name=src_name)):
                 self.add(f"{lpath}.filter.{rel}", msg)
+        if link.trigger is not None and src is not None:
+            from crmsync.engine.trigger import trigger_problems
+
+            for rel, msg in trigger_problems(link.trigger.when, replace(src, name=src_name)):
+                self.add(f"{lpath}.trigger.when.{rel}", msg)
         if isinstance(link.on_delete, SetAction) and dst is not None:
             for fname, value in link.on_delete.set.items():
                 path = join_path(f"{lpath}.on_delete.set", fname)

@@ -148,9 +148,12 @@ class Op(StrEnum):
     IS_NOT_EMPTY = "is_not_empty"
     IS_TRUE = "is_true"
     IS_FALSE = "is_false"
+    # event operators: only in a link's trigger.when (they compare with the last state seen)
+    CHANGED = "changed"
+    CHANGED_TO = "changed_to"
 
 
-UNARY_OPS = {Op.IS_EMPTY, Op.IS_NOT_EMPTY, Op.IS_TRUE, Op.IS_FALSE}
+UNARY_OPS = {Op.IS_EMPTY, Op.IS_NOT_EMPTY, Op.IS_TRUE, Op.IS_FALSE, Op.CHANGED}
 
 
 class Condition(_Strict):
@@ -249,6 +252,22 @@ def _on_delete_kind(v: Any) -> str | None:
     return None
 
 
+class TriggerConfig(_Strict):
+    """Sync a record once, when ``when`` becomes true for it (see engine/trigger.py)."""
+
+    when: Criteria = Field(
+        description="criteria; may use op changed and changed_to {field, op, value}"
+    )
+
+
+def _event_ops_in(c: Any) -> bool:
+    if isinstance(c, AllOf):
+        return any(_event_ops_in(x) for x in c.all)
+    if isinstance(c, AnyOf):
+        return any(_event_ops_in(x) for x in c.any)
+    return isinstance(c, Condition) and c.op in (Op.CHANGED, Op.CHANGED_TO)
+
+
 class LinkConfig(_Strict):
     source: str = Field(description="SYSTEM.OBJECT the records come from")
     target: str = Field(description="SYSTEM.OBJECT the records go to")
@@ -273,11 +292,21 @@ class LinkConfig(_Strict):
     ] = Field("ignore", description="what a delete at the source does to the target")
     batch_size: int = Field(500, ge=1, le=10_000)
     enabled: bool = True
+    trigger: TriggerConfig | None = Field(
+        None, description="sync a record only when it enters a state (status changed_to signed)"
+    )
     schedule: str | None = Field(
         None,
         description="run every interval (1m to 24h, e.g. 15m or 2h) or on a "
         "cron expression ('0 * * * *'); without it the link runs only when triggered",
     )
+
+    @field_validator("filter")
+    @classmethod
+    def _no_event_ops(cls, v: Any) -> Any:
+        if v is not None and _event_ops_in(v):
+            raise ValueError("ops changed and changed_to are only allowed in trigger.when")
+        return v
 
     @field_validator("schedule")
     @classmethod

@@ -26,6 +26,7 @@ from crmsync.connectors.base import Connector
 from crmsync.engine.convert import to_json
 from crmsync.engine.link import CompiledLink
 from crmsync.engine.merge import create_values, merge
+from crmsync.engine.trigger import seen_values
 from crmsync.model import (
     Action,
     FieldOutcome,
@@ -165,6 +166,10 @@ class Applier:
         need = [sid for sid in pairs if sid not in records]
         if need:
             records.update(self.source.read(self.sobj, need))
+
+        seen_rows: list[tuple[str, dict[str, Any]]] = []
+        if link.trigger is not None:
+            pairs = self._fire(pairs, records, seen_rows, res)
 
         new_ids = [
             sid
@@ -348,6 +353,10 @@ class Applier:
         ]
         with self.state.begin() as c:
             self.state.save_identities(c, name, identity_rows)
+            # A record whose write failed keeps its old seen state, so it fires again.
+            self.state.save_trigger_seen(
+                c, name, [(sid, v) for sid, v in seen_rows if sid not in failed_pairs]
+            )
             self.state.add_outcomes(c, outcome_rows)
             if done:
                 self.state.finish_messages(c, done, self.worker)
@@ -361,6 +370,34 @@ class Applier:
         return res
 
     # ------------------------------------------------------------------
+    def _fire(
+        self,
+        pairs: dict[str, Identity | None],
+        records: dict[str, Record],
+        seen_rows: list[tuple[str, dict[str, Any]]],
+        res: BatchResult,
+    ) -> dict[str, Identity | None]:
+        """Keep only the records whose trigger fires now; note what was seen of all."""
+        link = self.link
+        assert link.trigger is not None
+        with self.state.connect() as c:
+            seen = self.state.trigger_seen(c, link.name, [s for s in pairs if s in records])
+        kept: dict[str, Identity | None] = {}
+        for sid, ident in pairs.items():
+            rec = records.get(sid)
+            if rec is None:
+                kept[sid] = ident  # a delete is handled as on any link
+                continue
+            prev = seen.get(sid)
+            now = seen_values(set(link.trigger_fields), rec.values)
+            if now != prev:
+                seen_rows.append((sid, now))
+            if link.trigger(prev, rec.values):
+                kept[sid] = ident
+            else:
+                res.counts["waiting"] += 1  # not (or no longer) entering the state
+        return kept
+
     def _decide_delete(
         self,
         sid: str,

@@ -17,6 +17,7 @@ from crmsync.config.models import (
 from crmsync.engine.convert import converter, identity, to_json, value_mapper
 from crmsync.engine.filters import compile_criteria
 from crmsync.engine.merge import FieldPlan
+from crmsync.engine.trigger import Trigger, compile_trigger, trigger_fields
 from crmsync.model import FieldSpec, ObjectSpec
 
 
@@ -45,6 +46,9 @@ class CompiledLink:
     delete_values: dict[str, Any]
     policy: ConflictPolicy
     batch_size: int
+    # event trigger: fires(prev_seen, current values); the fields it watches
+    trigger: Trigger | None = None
+    trigger_fields: frozenset[str] = frozenset()
 
     @property
     def reads_target(self) -> bool:
@@ -139,6 +143,7 @@ def compile_link(
         MatchPlan(s, t, converter(source_spec.fields[s], target_spec.fields[t]), to_json)
         for s, t in link.match.items()
     ]
+    when = link.trigger.when if link.trigger is not None else None
     if isinstance(link.on_delete, SetAction):
         on_delete = "set"
         delete_values = {
@@ -161,4 +166,6 @@ def compile_link(
         delete_values=delete_values,
         policy=link.conflict,
         batch_size=link.batch_size,
+        trigger=compile_trigger(when, source_spec) if when is not None else None,
+        trigger_fields=frozenset(trigger_fields(when)) if when is not None else frozenset(),
     )

@@ -192,6 +192,18 @@ quota_use = sa.Table(
     sa.Column("calls", sa.Integer, nullable=False),
 )
 
+# -- v4: event triggers ------------------------------------------------------------
+
+# Per link and source record, the trigger fields' values as last seen (JSON).
+trigger_seen = sa.Table(
+    "crmsync_trigger_seen",
+    metadata,
+    sa.Column("link", sa.String(128), primary_key=True),
+    sa.Column("source_id", sa.String(255), primary_key=True),
+    sa.Column("seen", sa.Text, nullable=False),
+    sa.Column("updated_at", sa.DateTime, nullable=False),
+)
+
 V1_TABLES = [meta, cursors, messages, identities, runs, outcomes]
 V2_TABLES = [tokens, audit, webhook_deliveries, pushed_records, link_state]
 
@@ -215,6 +227,10 @@ def _v3(conn: sa.Connection) -> None:
     metadata.create_all(conn, tables=[quota_use], checkfirst=True)
 
 
+def _v4(conn: sa.Connection) -> None:
+    metadata.create_all(conn, tables=[trigger_seen], checkfirst=True)
+
+
 # Step n brings the schema from version n-1 to n.
-MIGRATIONS: list[Callable[[sa.Connection], None]] = [_v1, _v2, _v3]
+MIGRATIONS: list[Callable[[sa.Connection], None]] = [_v1, _v2, _v3, _v4]
 SCHEMA_VERSION = len(MIGRATIONS)

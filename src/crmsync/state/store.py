@@ -546,6 +546,36 @@ class StateStore:
             set_={k: getattr(ins.excluded, k) for k in IDENTITY_COLUMNS[2:]},
         )
 
+    # -- trigger memory ---------------------------------------------------------
+    def trigger_seen(
+        self, c: sa.Connection, link: str, ids: Sequence[str]
+    ) -> dict[str, dict[str, Any]]:
+        t = S.trigger_seen
+        out: dict[str, dict[str, Any]] = {}
+        for chunk in _chunks(list(ids), 500):
+            for sid, seen in c.execute(
+                sa.select(t.c.source_id, t.c.seen).where(t.c.link == link, t.c.source_id.in_(chunk))
+            ):
+                out[sid] = json.loads(seen)
+        return out
+
+    def save_trigger_seen(
+        self, c: sa.Connection, link: str, rows: Sequence[tuple[str, dict[str, Any]]]
+    ) -> None:
+        if not rows:
+            return
+        now = utcnow()
+        ins = self._upsert(S.trigger_seen)
+        stmt = ins.on_conflict_do_update(
+            index_elements=["link", "source_id"],
+            set_={"seen": ins.excluded.seen, "updated_at": ins.excluded.updated_at},
+        )
+        c.execute(
+            stmt,
+            [{"link": link, "source_id": sid, "seen": dumps(v), "updated_at": now}
+             for sid, v in rows],
+        )
+
     def scrub_identities(self, c: sa.Connection, link: str) -> None:
         c.execute(sa.delete(S.identities).where(S.identities.c.link == link))
 

@@ -1,0 +1,98 @@
+"""Event triggers: sync a record once, when it enters a state.
+
+``trigger: {when: <criteria>}`` may use, besides the filter operators, two
+that compare what crmsync saw last time with what it sees now:
+
+* ``changed``: the field's value differs from the last one seen;
+* ``changed_to``: the field now has ``value`` and did not have it last time.
+
+A record seen for the first time counts as changed from nothing. Other
+operators test the current values. The last-seen values of the trigger's
+fields are kept per record in the state database, committed with the apply,
+so a re-delivered or re-read record with the same values never fires again.
+Changes that come and go between two reads are not seen (crmsync compares
+states, not events): a status that goes draft -> signed -> draft before the
+record is read does not fire.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from crmsync.config.models import AllOf, AnyOf, Condition, Criteria, Op
+from crmsync.engine import filters
+from crmsync.engine.convert import ConversionError, to_json
+from crmsync.model import ObjectSpec
+
+# prev values (None: never seen), current values -> fires?
+Trigger = Callable[[dict[str, Any] | None, dict[str, Any]], bool]
+EVENT_OPS = frozenset({Op.CHANGED, Op.CHANGED_TO})
+
+
+def trigger_fields(c: Criteria) -> set[str]:
+    if isinstance(c, AllOf):
+        return set().union(*(trigger_fields(x) for x in c.all))
+    if isinstance(c, AnyOf):
+        return set().union(*(trigger_fields(x) for x in c.any))
+    return {c.field}
+
+
+def trigger_problems(c: Criteria, spec: ObjectSpec, path: str = "") -> list[tuple[str, str]]:
+    """Problems, each ``(relative key path, message)``, like ``filters.criteria_problems``."""
+    def join(*parts: str) -> str:
+        return ".".join(p for p in parts if p)
+
+    if isinstance(c, AllOf | AnyOf):
+        key = "all" if isinstance(c, AllOf) else "any"
+        out: list[tuple[str, str]] = []
+        for i, child in enumerate(c.all if isinstance(c, AllOf) else c.any):
+            out += trigger_problems(child, spec, f"{join(path, key)}[{i}]")
+        return out
+    if c.op not in EVENT_OPS:
+        return [(join(path, p), m) for p, m in filters.criteria_problems(c, spec)]
+    fs = spec.fields.get(c.field)
+    if fs is None:
+        known = ", ".join(spec.fields)
+        msg = f"field {c.field!r} not found on {spec.name} (fields: {known})"
+        return [(join(path, "field"), msg)]
+    if c.op is Op.CHANGED_TO:
+        try:
+            filters._coerce(Op.EQ, c.value, fs)
+        except ConversionError as e:
+            return [(join(path, "value"), e.reason)]
+    return []
+
+
+def compile_trigger(c: Criteria, spec: ObjectSpec) -> Trigger:
+    if isinstance(c, AllOf):
+        parts = [compile_trigger(x, spec) for x in c.all]
+        return lambda prev, cur: all(p(prev, cur) for p in parts)
+    if isinstance(c, AnyOf):
+        parts = [compile_trigger(x, spec) for x in c.any]
+        return lambda prev, cur: any(p(prev, cur) for p in parts)
+    return _condition(c, spec)
+
+
+def _condition(c: Condition, spec: ObjectSpec) -> Trigger:
+    f = c.field
+    if c.op is Op.CHANGED:
+        def changed(prev: dict[str, Any] | None, cur: dict[str, Any]) -> bool:
+            return prev is None or prev.get(f) != to_json(cur.get(f))
+
+        return changed
+    if c.op is Op.CHANGED_TO:
+        want = to_json(filters._coerce(Op.EQ, c.value, spec.fields[f]))
+
+        def changed_to(prev: dict[str, Any] | None, cur: dict[str, Any]) -> bool:
+            now = to_json(cur.get(f))
+            return now == want and (prev is None or prev.get(f) != want)
+
+        return changed_to
+    test = filters.compile_criteria(c, spec)
+    return lambda prev, cur: test(cur)
+
+
+def seen_values(fields: set[str], values: dict[str, Any]) -> dict[str, Any]:
+    """What to remember of a record for the next comparison (canonical JSON)."""
+    return {f: to_json(values.get(f)) for f in sorted(fields)}
