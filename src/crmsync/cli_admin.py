@@ -214,7 +214,9 @@ def status(
             s.add_row(name, sc.connector, "-", "-", "-", "-")
         else:
             s.add_row(
-                name, sc.connector, f"{q.calls}/{q.per}", str(q.used), str(q.remaining),
+                name, sc.connector,
+                f"{q.calls}/{q.per}" + (f", {q.rate:g}/s" if q.rate else ""),
+                str(q.used), str(q.remaining),
                 q.resets_at.strftime("%Y-%m-%d %H:%M"),
             )
     out.print(s)

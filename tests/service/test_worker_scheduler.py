@@ -301,3 +301,60 @@ def test_quota_defers_the_rest_to_the_next_window_and_drops_nothing(
             ctx.close()
     finally:
         sc.close()
+
+
+def test_quota_rate_paces_calls_per_second_and_drops_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url_e = f"sqlite:///{tmp_path / 'erp.db'}"
+    url_c = f"sqlite:///{tmp_path / 'crm.db'}"
+    sc = Scenario(tmp_path, url_e, url_c, monkeypatch=monkeypatch, batch=5)
+    try:
+        sc.seed()
+        sc.sync()
+        text = sc.config_path.read_text().replace(
+            "    url: " + url_c,
+            "    url: " + url_c + "\n    quota: {calls: 100000, per: 24h, rate: 4}",
+        )
+        sc.config_path.write_text(text)
+        active = [k for k, v in sc.erp_rows().items() if v["contract_status"] == "active"]
+        for k in active:
+            sc.erp_update(k, name=f"Paced {k}")
+        clock = Clock()
+        start = clock.now
+        ctx = ServiceContext.open(sc.config_path, clock=clock)
+        try:
+            with ctx.state.begin() as c:
+                ctx.state.request_run(c, "customers", now=clock.now)
+            assert Scheduler(ctx).run_once() == ["customers"]
+            worker = Worker(ctx)
+            steps = waited = 0
+            batch_calls = 0
+            while True:
+                with ctx.state.connect() as c:
+                    if not ctx.state.queue_counts(c):
+                        break
+                before = ctx.quota.status("crm").used
+                if worker.run_once():
+                    batch_calls = max(batch_calls, ctx.quota.status("crm").used - before)
+                    # A batch spent the burst: nothing more until the clock moves on.
+                    if worker.run_once() == 0:
+                        st = ctx.quota.status("crm")
+                        assert st is not None and st.rate == 4 and st.rate_wait_s > 0
+                        assert worker.quota_waiting == {"customers": "crm"}
+                        waited += 1
+                clock.now += timedelta(milliseconds=250)
+                steps += 1
+                assert steps < 2000
+            assert waited > 0
+            elapsed = (clock.now - start).total_seconds()
+            used = ctx.quota.status("crm").used
+            # Average rate held: one second's burst plus at most one batch over.
+            assert used <= 4 * (elapsed + 1) + batch_calls
+            assert used > 4 * elapsed * 0.5  # and it did not stall either
+            crm = sc.crm_rows()
+            assert all(crm[k]["name"] == f"Paced {k}" for k in active)  # none dropped
+        finally:
+            ctx.close()
+    finally:
+        sc.close()

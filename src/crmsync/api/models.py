@@ -125,6 +125,8 @@ class QuotaOut(BaseModel):
     used: int
     remaining: int
     resets_at: UtcDatetime | None
+    rate: float | None = Field(None, description="calls per second allowed, if set")
+    rate_wait_s: float = Field(0.0, description="seconds until the rate allows more work")
 
 
 class QuotasOut(BaseModel):

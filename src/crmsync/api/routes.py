@@ -322,7 +322,7 @@ def build_api_router(ctx: ServiceContext) -> APIRouter:
         budgets = [
             QuotaOut(
                 system=q.system, calls=q.calls, per=q.per, used=q.used, remaining=q.remaining,
-                resets_at=q.resets_at,
+                resets_at=q.resets_at, rate=q.rate, rate_wait_s=round(q.rate_wait_s, 3),
             )
             for q in (ctx.quota.all() if ctx.quota is not None else [])
         ]

@@ -63,6 +63,12 @@ class QuotaConfig(_Strict):
 
     calls: int = Field(ge=1, description="calls allowed per window")
     per: str = Field("24h", description="window length: 1h, 24h, 7d ...")
+    rate: float | None = Field(
+        None,
+        gt=0,
+        description="also at most this many calls per second, on average (bursts of up to "
+        "one second's worth); calls over it make later work wait, none is dropped",
+    )
 
     @field_validator("per")
     @classmethod

@@ -10,6 +10,13 @@ few calls over budget, never more than one batch's worth.
 
 Windows are fixed and aligned to the epoch (a 24h window resets at 00:00 UTC),
 so every worker agrees on when one ends without talking to the others.
+
+An optional rate (calls per second) is a shared leaky bucket kept in the same
+table under ``<system>#rate``: its ``window_start`` column holds the bucket's
+"theoretical arrival time" (when all calls spent so far are paid off at the
+rate). Work may start while that time is less than one second ahead of now, so
+bursts are capped at one second's worth and a batch that went over makes the
+following work wait for exactly its excess: the average never exceeds the rate.
 """
 
 from __future__ import annotations
@@ -35,6 +42,9 @@ class QuotaStatus:
     used: int
     remaining: int
     resets_at: datetime
+    rate: float | None = None
+    # seconds until the rate allows the next batch (0: now)
+    rate_wait_s: float = 0.0
 
 
 def window_start(now: datetime, window_s: int) -> datetime:
@@ -65,10 +75,20 @@ class QuotaGuard:
         start = window_start(now, q.window_s)
         with self.state.connect() as c:
             used = self._used(c, system, start)
+            wait = self._rate_wait(c, system, now) if q.rate else 0.0
         return QuotaStatus(
             system, q.calls, q.per, used, max(0, q.calls - used),
-            start + timedelta(seconds=q.window_s),
+            start + timedelta(seconds=q.window_s), q.rate, wait,
         )
+
+    def _rate_wait(self, c: sa.Connection, system: str, now: datetime) -> float:
+        t = S.quota_use
+        tat = c.execute(
+            sa.select(t.c.window_start).where(t.c.system == _rate_key(system))
+        ).scalar()
+        if tat is None:
+            return 0.0
+        return max(0.0, (tat - now).total_seconds() - 1.0)
 
     def all(self) -> list[QuotaStatus]:
         return [s for name in self.quotas if (s := self.status(name)) is not None]
@@ -77,7 +97,7 @@ class QuotaGuard:
         """The first of ``systems`` whose budget is spent for this window, or None."""
         for name in systems:
             st = self.status(name)
-            if st is not None and st.remaining <= 0:
+            if st is not None and (st.remaining <= 0 or st.rate_wait_s > 0):
                 return name
         return None
 
@@ -100,3 +120,30 @@ class QuotaGuard:
         )
         with self.state.begin() as c:
             c.execute(stmt)
+        if q.rate:
+            self._spend_rate(system, calls, q.rate)
+
+    def _spend_rate(self, system: str, calls: int, rate: float) -> None:
+        t, key = S.quota_use, _rate_key(system)
+        now = self.clock()
+        with self.state.begin() as c:
+            c.execute(
+                self.state.upsert(t)
+                .values(system=key, window_start=now, calls=0)
+                .on_conflict_do_nothing(index_elements=["system"])
+            )
+            # Row lock (PostgreSQL): concurrent workers add their calls one after
+            # the other, so none is lost from the bucket.
+            row = c.execute(
+                sa.select(t.c.window_start, t.c.calls).where(t.c.system == key).with_for_update()
+            ).one()
+            tat = max(row.window_start, now) + timedelta(seconds=calls / rate)
+            c.execute(
+                sa.update(t).where(t.c.system == key).values(
+                    window_start=tat, calls=row.calls + calls
+                )
+            )
+
+
+def _rate_key(system: str) -> str:
+    return f"{system}#rate"
