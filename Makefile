@@ -7,12 +7,21 @@ PY     := $(VENV)/bin/python
 HASH   := $(shell sha1sum pyproject.toml | cut -c1-12)
 STAMP_RUN  := $(VENV)/.installed-run-$(HASH)
 STAMP_TEST := $(VENV)/.installed-test-$(HASH)
+# Tryton (the real CRM the tests run against) lives in its own venv so its
+# dependencies never conflict with ours; the stamp is keyed by the pin list.
+# It is an order-only prerequisite of the test install: reinstalling Tryton
+# must not force a reinstall of crmsync.
+TRYTON_VENV := .venv-tryton
+TRYTON_PKGS := trytond==8.2.* trytond-party==8.2.* trytond-company==8.2.* \
+	trytond-sale-opportunity==8.2.* trytond-party-relationship==8.2.*
+TRYTON_HASH := $(shell echo '$(TRYTON_PKGS)' | sha1sum | cut -c1-12)
+STAMP_TRYTON := $(TRYTON_VENV)/.installed-$(TRYTON_HASH)
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 # bench/ may not exist yet on a fresh clone; ruff fails on missing paths.
 LINT_PATHS := $(wildcard src tests bench)
 
-.PHONY: demo test lint bench install install-test clean
+.PHONY: demo test lint bench install install-test install-tryton clean
 
 demo: $(STAMP_RUN)
 	@mkdir -p demo
@@ -26,10 +35,11 @@ lint: $(STAMP_TEST)
 	$(VENV)/bin/ruff check $(LINT_PATHS)
 
 bench: $(STAMP_RUN)
-	$(PY) bench/run.py
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 install: $(STAMP_RUN)
 install-test: $(STAMP_TEST)
+install-tryton: $(STAMP_TRYTON)
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -39,9 +49,15 @@ $(STAMP_RUN): $(PY)
 	@if [ -f $(STAMP_TEST) ]; then touch $@; else echo "installing crmsync into $(VENV)"; \
 		$(PY) -m pip install -q --disable-pip-version-check -e . && touch $@; fi
 
-$(STAMP_TEST): $(PY)
+$(STAMP_TEST): $(PY) | $(STAMP_TRYTON)
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
 	@touch $@ $(STAMP_RUN)
+
+$(STAMP_TRYTON):
+	@test -x $(TRYTON_VENV)/bin/python || $(PYTHON) -m venv $(TRYTON_VENV)
+	$(TRYTON_VENV)/bin/python -m pip install -q --disable-pip-version-check \
+		$(foreach p,$(TRYTON_PKGS),'$(p)')
+	@touch $@
 
 clean:
 	rm -rf $(VENV) demo build src/*.egg-info .pytest_cache .ruff_cache .hypothesis
