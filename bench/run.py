@@ -11,7 +11,9 @@ Figures (all through the real engine, SQLite -> SQLite, on this machine):
 * incremental_ratio          large / small (flat is the aim: cost follows changes)
 
 Each engine phase runs in its own subprocess so its peak memory is its own.
+Then bench/service.py adds the service figures (webhook latency, workers).
 Usage: python bench/run.py [--rows 200000] [--small 10000] [--large 1000000] [--changes 1000]
+                           [--skip-service]
 """
 
 from __future__ import annotations
@@ -167,6 +169,7 @@ def main() -> None:
     ap.add_argument("--changes", type=int, default=1_000)
     ap.add_argument("--child")
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
+    ap.add_argument("--skip-service", action="store_true", help="do not run bench/service.py")
     a = ap.parse_args()
     if a.child:
         child(Path(a.child))
@@ -193,6 +196,9 @@ def main() -> None:
         print(f"incremental_small_s: {small:.3f}")
         print(f"incremental_large_s: {large:.3f}")
         print(f"incremental_ratio: {large / small:.2f}")
+        if not a.skip_service:
+            sys.stdout.flush()  # ours first: the child writes to the same stdout
+            subprocess.run([sys.executable, str(HERE / "service.py")], check=True)
     finally:
         if not a.keep:
             shutil.rmtree(root, ignore_errors=True)
