@@ -18,7 +18,7 @@ from crmsync.connectors.base import Connector
 from crmsync.engine import filters
 from crmsync.engine.convert import ConversionError, compatible, converter, is_scalar
 from crmsync.errors import CrmsyncError, SchemaError, SystemUnavailable
-from crmsync.model import FieldSpec, ObjectSpec
+from crmsync.model import FieldSpec, FieldType, ObjectSpec
 
 Problem = tuple[str, str]
 Locate = Callable[[str], str]
@@ -136,7 +136,8 @@ class _Checker:
                 ("target", (link.target_system, link.target_object)),
             ):
                 obj = self.config.systems[sname].objects[oname]
-                if obj.updated_at is None:
+                # Tryton objects always carry last_modified_at.
+                if getattr(obj, "updated_at", "last_modified_at") is None:
                     self.add(
                         f"{lpath}.conflict",
                         f"conflict: newest needs updated_at on the {side} object {sname}.{oname}",
@@ -145,6 +146,14 @@ class _Checker:
     def field(self, spec: ObjectSpec, name: str, obj: str, path: str) -> FieldSpec | None:
         fs = spec.fields.get(name)
         if fs is None:
+            head = spec.fields.get(name.partition(".")[0])
+            if "." in name and head is not None and head.type is FieldType.LIST:
+                self.add(
+                    path,
+                    f"{name!r} follows {head.name!r}, a list of records on {obj}: list objects "
+                    "(such as product lines) are not supported yet; map a single reference",
+                )
+                return None
             self.add(path, f"field {name!r} not found on {obj} (fields: {_fields_of(spec)})")
         return fs
 

@@ -56,6 +56,10 @@ class ObjectConfig(_Strict):
         "DATETIME, late commits); the overlap is applied again and found unchanged",
     )
     schema_name: str | None = Field(None, alias="schema", description="database schema")
+    anonymize: dict[str, Any] | None = Field(
+        None,
+        description="GDPR erasure: field: replacement value written by `crmsync erase`",
+    )
 
 
 class QuotaConfig(_Strict):
@@ -85,7 +89,25 @@ class QuotaConfig(_Strict):
         return parse_duration(self.per)
 
 
-class SystemConfig(_Strict):
+class _System(_Strict):
+    """What every kind of system has: a deep-link template and named objects."""
+
+    links_to: str | None = Field(
+        None,
+        description="deep-link URL template of a record, with {object} and {id} (and "
+        "{system}), e.g. https://crm.example.com/#/{object}/{id}",
+    )
+
+    @field_validator("objects", check_fields=False)
+    @classmethod
+    def _names(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for name in v:
+            if not re.match(NAME_RE, name):
+                raise ValueError(f"object name {name!r} must match {NAME_RE}")
+        return v
+
+
+class SystemConfig(_System):
     """A system reached through SQL (any SQLAlchemy URL)."""
 
     connector: Literal["sql"] = Field(description="how crmsync reaches the system")
@@ -99,14 +121,6 @@ class SystemConfig(_Strict):
         None, description="API budget; work beyond it waits for the next window"
     )
 
-    @field_validator("objects")
-    @classmethod
-    def _names(cls, v: dict[str, ObjectConfig]) -> dict[str, ObjectConfig]:
-        for name in v:
-            if not re.match(NAME_RE, name):
-                raise ValueError(f"object name {name!r} must match {NAME_RE}")
-        return v
-
 
 class PushedObjectConfig(_Strict):
     """An object of a push-only system: its typed fields are declared here."""
@@ -116,9 +130,13 @@ class PushedObjectConfig(_Strict):
         min_length=1, description="field name: type (string, integer, decimal, ...)"
     )
     deleted: DeletedMarker | None = None
+    anonymize: dict[str, Any] | None = Field(
+        None,
+        description="GDPR erasure: field: replacement value written by `crmsync erase`",
+    )
 
 
-class WebhookSystemConfig(_Strict):
+class WebhookSystemConfig(_System):
     """A push-only system: its records are whatever it last pushed, kept by crmsync."""
 
     connector: Literal["webhook"] = Field(description="how crmsync reaches the system")
@@ -127,16 +145,72 @@ class WebhookSystemConfig(_Strict):
     )
     objects: dict[str, PushedObjectConfig] = Field(min_length=1)
 
-    @field_validator("objects")
-    @classmethod
-    def _names(cls, v: dict[str, PushedObjectConfig]) -> dict[str, PushedObjectConfig]:
-        for name in v:
-            if not re.match(NAME_RE, name):
-                raise ValueError(f"object name {name!r} must match {NAME_RE}")
-        return v
+
+class RefConfig(_Strict):
+    """A reference another object can be reached through (``company.city``)."""
+
+    field: str = Field(description="the Many2One field of the model (e.g. party)")
+    object: str = Field(description="the object of this system it points to (e.g. company)")
 
 
-AnySystem = Annotated[SystemConfig | WebhookSystemConfig, Field(discriminator="connector")]
+class TrytonObjectConfig(_Strict):
+    """One object of a Tryton server: a model, optionally narrowed to a kind of record."""
+
+    model: str | None = Field(
+        None,
+        description="Tryton model (party.party, sale.opportunity, ...); company and person "
+        "default to party.party, deal and lead to sale.opportunity, others to their name",
+    )
+    category: str | None = Field(
+        None,
+        description="party.category name telling this kind of party apart (company and "
+        "person default to Company and Person); new records get it",
+    )
+    states: list[str] | None = Field(
+        None,
+        description="record states that belong to this object (deal defaults to every "
+        "state but lead, lead to [lead])",
+    )
+    refs: dict[str, RefConfig] | None = Field(
+        None,
+        description="references mappings may follow (deal defaults to company: party and "
+        "contact: the contact's party)",
+    )
+    deleted: DeletedMarker | None = None
+    anonymize: dict[str, Any] | None = Field(
+        None,
+        description="GDPR erasure: field: replacement value written by `crmsync erase`",
+    )
+    lookback: float = Field(
+        5.0,
+        ge=0,
+        description="seconds re-read before the cursor on every poll (Tryton stamps a "
+        "change with its transaction's start, not its commit)",
+    )
+
+
+class TrytonSystemConfig(_System):
+    """A Tryton server reached through its JSON-RPC API."""
+
+    connector: Literal["tryton"] = Field(description="how crmsync reaches the system")
+    url: str = Field(description="server URL, e.g. http://127.0.0.1:8000")
+    database: str = Field(description="Tryton database name")
+    user: str = Field("admin", description="login")
+    password: str = Field(description="password; use ${VAR}")
+    objects: dict[str, TrytonObjectConfig] = Field(min_length=1)
+    webhook_secret: str | None = Field(
+        None,
+        description="Standard Webhooks secret (whsec_...) for POST /hooks/SYSTEM; use ${VAR}",
+    )
+    quota: QuotaConfig | None = Field(
+        None, description="API budget; work beyond it waits for the next window"
+    )
+    timeout: float = Field(30.0, gt=0, description="seconds per RPC call")
+
+
+AnySystem = Annotated[
+    SystemConfig | WebhookSystemConfig | TrytonSystemConfig, Field(discriminator="connector")
+]
 
 
 class Op(StrEnum):

@@ -34,6 +34,10 @@ def build_connectors(config: Config, state: StateStore | None = None) -> dict[st
             if state is None:
                 raise ValueError(f"system {name!r} is push-only: it needs the state database")
             out[name] = WebhookConnector(name, sys_cfg, state)
+        elif sys_cfg.connector == "tryton":
+            from crmsync.connectors.tryton import TrytonConnector
+
+            out[name] = TrytonConnector(name, sys_cfg)
         else:  # pragma: no cover - the config model admits only known connectors
             raise ValueError(f"unknown connector {sys_cfg.connector!r}")
     return out

@@ -128,6 +128,17 @@ class Connector(ABC):
         is assumed written then).
         """
 
+    def related_ids(self, obj: str, rid: str) -> dict[str, tuple[str, str]]:
+        """The records ``rid`` references through mapped refs: ref -> (object, id)."""
+        return {}
+
+    def add_activities(self, obj: str, items: Sequence[tuple[str, str]]) -> None:
+        """Write ``(record id, text)`` into the records' own timeline (notes).
+
+        Only for connectors whose ``capabilities.activities`` is True.
+        """
+        raise NotImplementedError(f"{self.name} keeps no activity timeline")
+
     def count_calls(self) -> int:
         """Calls made so far, by every thread."""
         return 0
