@@ -347,6 +347,34 @@ def log(
     out.print(t)
 
 
+@app.command("open")
+def open_record(
+    record: Annotated[str, typer.Argument(help="SYSTEM.OBJECT:ID, e.g. crm.company:42")],
+    config: ConfigOpt = Path("crmsync.yaml"),
+) -> None:
+    """The record and every record paired with it, one per line with its URL (deep links)."""
+    from crmsync.engine.deeplinks import deep_links
+    from crmsync.engine.graph import UnknownRecordType
+    from crmsync.state.store import StateStore
+
+    try:
+        ref = RecordRef.parse(record)
+    except ValueError as exc:
+        raise _fail(str(exc), 2) from None
+    cfg = _load(config)
+    state = StateStore(cfg.state, readonly=True)
+    try:
+        links = deep_links(cfg, state, ref)
+    except UnknownRecordType as exc:
+        raise _fail(exc.user_message, 2) from None
+    finally:
+        state.close()
+    width = max(len(str(d.ref)) for d in links)
+    for d in links:
+        # Plain print: a terminal must not wrap or restyle a URL someone will click or pipe.
+        print(f"{d.ref!s:<{width}}  {d.url or '-'}")
+
+
 @app.command()
 def schema() -> None:
     """Print the JSON Schema of the config file (for editors)."""

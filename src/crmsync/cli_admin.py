@@ -1,4 +1,4 @@
-"""Admin commands: `crmsync token create|list|revoke`, `crmsync retry`, `crmsync status`."""
+"""Admin commands: `crmsync token create|list|revoke`, `retry`, `status`, `erase`."""
 
 from __future__ import annotations
 
@@ -222,7 +222,64 @@ def status(
     out.print(s)
 
 
+# -- erase ------------------------------------------------------------------------
+def erase(
+    record: Annotated[str, typer.Argument(help="SYSTEM.OBJECT:ID, e.g. crm.person:42")],
+    by: Annotated[
+        str, typer.Option("--by", help="who asks (kept in the audit and the erased list)")
+    ] = CLI_ACTOR,
+    yes: Annotated[bool, typer.Option("--yes", help="do not ask for confirmation")] = False,
+    config: ConfigOpt = Path("crmsync.yaml"),
+) -> None:
+    """GDPR erasure: anonymize the record and every record linked to it, in every system.
+
+    Objects with `anonymize: {field: replacement}` get those values written; crmsync's
+    own state keeps no personal value; the records are never synced again.
+    Running it again is harmless. Exit 3 when a system is unreachable.
+    """
+    from crmsync.connectors import build_connectors
+    from crmsync.engine.erase import EraseError
+    from crmsync.engine.erase import erase as run_erase
+    from crmsync.engine.graph import UnknownRecordType, linked_records
+    from crmsync.model import RecordRef
+
+    try:
+        ref = RecordRef.parse(record)
+    except ValueError as exc:
+        raise _fail(str(exc), 2) from None
+    if not by.strip() or len(by) > 128:
+        raise _fail("--by must be 1 to 128 characters", 2)
+    with _state(config) as (cfg, state):
+        try:
+            group = linked_records(cfg, state, ref)
+        except UnknownRecordType as exc:
+            raise _fail(exc.user_message, 2) from None
+        if not yes:
+            out.print("these records will be anonymized and never synced again:", markup=False)
+            for r in group:
+                out.print(f"  {r}", markup=False)
+            if not typer.confirm("erase them?", default=False, err=True):
+                raise _fail("nothing was erased", 1)
+        connectors = build_connectors(cfg, state)
+        try:
+            report = run_erase(cfg, state, connectors, ref, by)
+        except EraseError as exc:
+            raise _fail(str(exc), 3 if exc.unavailable else 1) from None
+        finally:
+            for conn in connectors.values():
+                conn.close()
+    t = Table(title=f"erased {ref} (by {report.by}, first at {_when(report.erased_at)} UTC)")
+    for col in ("record", "result", "fields"):
+        t.add_column(col)
+    for r in report.records:
+        t.add_row(str(r.ref), r.result, ", ".join(r.fields) or "-")
+    out.print(t)
+    scrubbed = ", ".join(f"{k} {v}" for k, v in report.scrubbed.items() if v) or "nothing"
+    out.print(f"crmsync state scrubbed: {scrubbed}", markup=False)
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(token_app, name="token")
     app.command()(retry)
     app.command()(status)
+    app.command()(erase)

@@ -24,6 +24,7 @@ ADMIN_ROUTES = [
     ("POST", "/api/messages/1/retry", None),
     ("POST", "/api/messages/retry", None),
     ("GET", "/api/audit", None),
+    ("POST", "/api/records/erp/customer/C00001/erase", None),
 ]
 VIEWER_ROUTES = [
     "/api/links",
@@ -32,6 +33,7 @@ VIEWER_ROUTES = [
     "/api/messages?status=failed",
     "/api/quotas",
     "/api/records/erp/customer/C00001/outcomes",
+    "/api/records/erp/customer/C00001/links",
 ]
 
 

@@ -143,3 +143,28 @@ class AuditOut(BaseModel):
     action: str
     target: str | None
     detail: Any
+
+
+class DeepLinkOut(BaseModel):
+    system: str
+    object: str
+    id: str
+    url: str | None = Field(description="the record in its own system (None: no `links_to`)")
+
+
+class ErasedRecordOut(BaseModel):
+    record: str = Field(description="SYSTEM.OBJECT:ID")
+    result: Literal["anonymized", "already anonymized", "not found", "no anonymize"] = Field(
+        description="what the erasure did to this record in its system"
+    )
+    fields: list[str] = Field(description="the fields that hold the replacement values")
+
+
+class EraseOut(BaseModel):
+    record: str = Field(description="the record the erasure was asked for")
+    by: str
+    erased_at: UtcDatetime = Field(description="when the record was first erased")
+    records: list[ErasedRecordOut] = Field(
+        description="the record and every record linked to it, in every system"
+    )
+    scrubbed: dict[str, int] = Field(description="rows of crmsync's own state scrubbed, per kind")

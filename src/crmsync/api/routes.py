@@ -17,6 +17,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from crmsync.api.auth import Admin, Viewer
 from crmsync.api.models import (
     AuditOut,
+    DeepLinkOut,
+    EraseOut,
     ErrorOut,
     HealthOut,
     LinkOut,
@@ -35,7 +37,10 @@ from crmsync.api.models import (
 )
 from crmsync.config.models import NAME_RE
 from crmsync.config.secrets import redact
-from crmsync.model import Side
+from crmsync.engine.deeplinks import deep_links
+from crmsync.engine.erase import EraseError, EraseRefused, erase
+from crmsync.engine.graph import UnknownRecordType, object_config
+from crmsync.model import RecordRef, Side
 from crmsync.service.context import ServiceContext
 
 log = logging.getLogger("crmsync.api")
@@ -43,6 +48,8 @@ log = logging.getLogger("crmsync.api")
 Name = Annotated[str, Path(pattern=NAME_RE, max_length=128, description="a link name")]
 LinkQ = Annotated[str | None, Query(pattern=NAME_RE, max_length=128, description="only this link")]
 Limit = Annotated[int, Query(ge=1, le=1000)]
+SystemName = Annotated[str, Path(pattern=NAME_RE, max_length=128, description="a system name")]
+ObjectName = Annotated[str, Path(pattern=NAME_RE, max_length=128, description="an object name")]
 MessageId = Annotated[int, Path(ge=1, le=2**31 - 1)]
 
 AUTH = {401: {"model": ErrorOut}}
@@ -303,6 +310,68 @@ def build_api_router(ctx: ServiceContext) -> APIRouter:
             )
         rows = ctx.state.outcomes(record=f"{system}.{object}:{id}", limit=limit)
         return [OutcomeOut(**{**r, "message": _opt(r["message"])}) for r in rows]
+
+    def _ref(system: str, object: str, id: str) -> RecordRef:
+        try:
+            object_config(ctx.config, system, object)
+        except UnknownRecordType as exc:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, detail=exc.user_message) from None
+        return RecordRef(system, object, id)
+
+    @router.get(
+        "/records/{system}/{object}/{id}/links",
+        response_model=list[DeepLinkOut],
+        responses={**AUTH, **NOT_FOUND},
+    )
+    def record_links(
+        _: Viewer, system: SystemName, object: ObjectName, id: Annotated[RecordId, Path()]
+    ) -> list[DeepLinkOut]:
+        """The record and every record paired with it (any link, both ways), with URLs.
+
+        A URL comes from the system's `links_to` template (null without one).
+        """
+        ref = _ref(system, object, id)
+        return [DeepLinkOut(**d.to_json()) for d in deep_links(ctx.config, ctx.state, ref)]
+
+    @router.post(
+        "/records/{system}/{object}/{id}/erase",
+        response_model=EraseOut,
+        responses={
+            **ADMIN,
+            **NOT_FOUND,
+            409: {"model": ErrorOut, "description": "no linked object declares `anonymize:`, "
+                  "or its `anonymize:` does not fit the object; nothing was changed"},
+            502: {"model": ErrorOut, "description": "a system refused the replacement values; "
+                  "the records stay marked erased: run the erasure again"},
+            503: {"model": ErrorOut, "description": "a system is unreachable; run it again"},
+        },
+    )
+    def record_erase(
+        who: Admin, system: SystemName, object: ObjectName, id: Annotated[RecordId, Path()]
+    ) -> EraseOut:
+        """GDPR erasure of the record and every record linked to it, in every system.
+
+        Each record whose object declares `anonymize:` gets the replacement values in
+        its system; crmsync's own state keeps no personal value of them (log values,
+        shadows, queued messages, push-only copies); the records are never synced
+        again. Audited. Running it again is harmless (it finishes an erasure that
+        failed half-way).
+        """
+        ref = _ref(system, object, id)
+        try:
+            report = erase(ctx.config, ctx.state, ctx.connectors, ref, who.name)
+        except EraseError as exc:
+            code = (
+                status.HTTP_503_SERVICE_UNAVAILABLE if exc.unavailable
+                else status.HTTP_409_CONFLICT if isinstance(exc, EraseRefused)
+                else status.HTTP_502_BAD_GATEWAY
+            )
+            log.warning("erasure failed: %s", redact(exc.user_message),
+                        extra={"action": "record.erase", "actor": who.name})
+            raise HTTPException(code, detail=redact(str(exc))) from None
+        log.info("record erased",
+                 extra={"action": "record.erase", "actor": who.name, "record": str(ref)})
+        return EraseOut(**report.to_json())
 
     # -- quotas and audit ------------------------------------------------------------
     @router.get(

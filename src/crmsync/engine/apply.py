@@ -162,6 +162,15 @@ class Applier:
             if it.message_id is not None:
                 msg_pair[it.message_id] = ident.source_id
 
+        # GDPR: a pair touching an erased record is never synced again (a stale
+        # source must not write personal values back); its messages end as done.
+        with self.state.connect() as c:
+            erased = self.state.erased_pairs(c, self.sprefix, self.tprefix, pairs)
+        for sid in erased:
+            del pairs[sid]
+        if erased:
+            res.counts["erased"] += len(erased)
+
         records: dict[str, Record] = dict(pre_read) if pre_read else {}
         need = [sid for sid in pairs if sid not in records]
         if need:

@@ -204,6 +204,35 @@ trigger_seen = sa.Table(
     sa.Column("updated_at", sa.DateTime, nullable=False),
 )
 
+# -- v5: timelines and erasure -----------------------------------------------------
+
+# A record's timeline: what each sync did to it, kept by crmsync and, where the
+# target supports it, written into the target too (delivered_at set once it is).
+activities = sa.Table(
+    "crmsync_activities",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True,
+              autoincrement=True),
+    sa.Column("link", sa.String(128), nullable=False),
+    sa.Column("record_ref", sa.String(400), nullable=False),
+    sa.Column("at", sa.DateTime, nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("deliver", sa.Boolean, nullable=False, default=False),
+    sa.Column("delivered_at", sa.DateTime, nullable=True),
+)
+sa.Index("crmsync_activities_ref", activities.c.record_ref, activities.c.id)
+sa.Index("crmsync_activities_undelivered", activities.c.deliver, activities.c.delivered_at)
+
+# Records erased under GDPR: never synced again, whatever a stale source says.
+erased = sa.Table(
+    "crmsync_erased",
+    metadata,
+    sa.Column("record_ref", sa.String(400), primary_key=True),
+    sa.Column("erased_at", sa.DateTime, nullable=False),
+    sa.Column("erased_by", sa.String(128), nullable=False),
+)
+
 V1_TABLES = [meta, cursors, messages, identities, runs, outcomes]
 V2_TABLES = [tokens, audit, webhook_deliveries, pushed_records, link_state]
 
@@ -231,6 +260,10 @@ def _v4(conn: sa.Connection) -> None:
     metadata.create_all(conn, tables=[trigger_seen], checkfirst=True)
 
 
+def _v5(conn: sa.Connection) -> None:
+    metadata.create_all(conn, tables=[activities, erased], checkfirst=True)
+
+
 # Step n brings the schema from version n-1 to n.
-MIGRATIONS: list[Callable[[sa.Connection], None]] = [_v1, _v2, _v3, _v4]
+MIGRATIONS: list[Callable[[sa.Connection], None]] = [_v1, _v2, _v3, _v4, _v5]
 SCHEMA_VERSION = len(MIGRATIONS)

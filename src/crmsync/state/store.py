@@ -1017,6 +1017,172 @@ class StateStore:
         with self.connect() as c:
             return int(c.execute(self._wh["count"], {"system": system, "object": obj}).scalar_one())
 
+    # == GDPR erasure (engine/graph.py, engine/erase.py, the apply hook) =====
+    # Refs are "system.object:id" text, as in the outcomes table. Ids are not
+    # personal values; everything else about an erased record is scrubbed.
+
+    def identity_pairs(
+        self,
+        c: sa.Connection,
+        link: str,
+        *,
+        source_ids: Sequence[str] = (),
+        target_ids: Sequence[str] = (),
+    ) -> list[tuple[str, str]]:
+        """``(source_id, target_id)`` of the link's pairs touching these ids (no shadows)."""
+        t = S.identities
+        out: list[tuple[str, str]] = []
+        for col, ids in ((t.c.source_id, source_ids), (t.c.target_id, target_ids)):
+            for chunk in _chunks(list(dict.fromkeys(ids)), 500):
+                q = sa.select(t.c.source_id, t.c.target_id).where(
+                    t.c.link == link, col.in_(chunk), t.c.target_id.is_not(None)
+                )
+                out += [(r[0], r[1]) for r in c.execute(q)]
+        return list(dict.fromkeys(out))
+
+    def _erased_table_missing(self, c: sa.Connection) -> bool:
+        # A dry run may read a state not yet upgraded to v5 (read-only: no migration).
+        if not self.readonly:
+            return False
+        missing: bool | None = getattr(self, "_no_erased_table", None)
+        if missing is None:
+            missing = self._no_erased_table = not sa.inspect(c).has_table(S.erased.name)
+        return missing
+
+    def erased_refs(self, c: sa.Connection, refs: Iterable[str]) -> set[str]:
+        """Which of ``refs`` were erased (one query per 500 refs)."""
+        if self._erased_table_missing(c):
+            return set()
+        e = S.erased
+        found: set[str] = set()
+        for chunk in _chunks(list(dict.fromkeys(refs)), 500):
+            found.update(c.execute(sa.select(e.c.record_ref).where(e.c.record_ref.in_(chunk)))
+                         .scalars())
+        return found
+
+    def erased_pairs(
+        self,
+        c: sa.Connection,
+        source_prefix: str,
+        target_prefix: str,
+        pairs: dict[str, Identity | None],
+    ) -> list[str]:
+        """Source ids of ``pairs`` whose source or target record was erased."""
+        if not pairs:
+            return []
+        refs = [source_prefix + sid for sid in pairs]
+        refs += [target_prefix + i.target_id for i in pairs.values() if i and i.target_id]
+        gone = self.erased_refs(c, refs)
+        if not gone:
+            return []
+        return [
+            sid
+            for sid, ident in pairs.items()
+            if source_prefix + sid in gone
+            or (ident is not None and ident.target_id and target_prefix + ident.target_id in gone)
+        ]
+
+    def mark_erased(
+        self, c: sa.Connection, refs: Sequence[str], *, by: str, now: datetime
+    ) -> None:
+        """Remember erased records; the first erasure's time and actor are kept."""
+        if not refs:
+            return
+        ins = self._upsert(S.erased)
+        c.execute(
+            ins.on_conflict_do_nothing(index_elements=["record_ref"]),
+            [{"record_ref": r, "erased_at": now, "erased_by": by} for r in refs],
+        )
+
+    def erased_rows(self, c: sa.Connection, refs: Sequence[str]) -> list[dict[str, Any]]:
+        e = S.erased
+        q = sa.select(e).where(e.c.record_ref.in_(list(refs))).order_by(e.c.record_ref)
+        return [dict(r._mapping) for r in c.execute(q)]
+
+    def erase_outcome_values(self, c: sa.Connection, refs: Sequence[str], marker: str) -> int:
+        """Outcomes of these records keep action, status and time; values and message go.
+
+        Each field keeps its name (not personal) with status ``erased``.
+        """
+        o = S.outcomes
+        n = 0
+        for chunk in _chunks(list(dict.fromkeys(refs)), 250):
+            rows = c.execute(
+                sa.select(o.c.id, o.c.fields).where(
+                    sa.or_(o.c.source_ref.in_(chunk), o.c.target_ref.in_(chunk)),
+                    o.c.action != "erased",  # the erasure's own entries hold no values
+                )
+            ).all()
+            for oid, stored in rows:
+                try:
+                    names = [f.get("field") for f in expand_fields(json.loads(stored or "[]"))]
+                except (ValueError, AttributeError, TypeError):
+                    names = []
+                fields = [{"field": f, "status": "erased"} for f in dict.fromkeys(names) if f]
+                c.execute(
+                    sa.update(o).where(o.c.id == oid).values(fields=dumps(fields), message=marker)
+                )
+                n += 1
+        return n
+
+    def erased_outcome_refs(self, c: sa.Connection, refs: Sequence[str]) -> set[tuple[str, str]]:
+        """``(source_ref, target_ref)`` of the ``erased`` outcomes already logged for these."""
+        o = S.outcomes
+        out: set[tuple[str, str]] = set()
+        for chunk in _chunks(list(dict.fromkeys(refs)), 500):
+            q = sa.select(o.c.source_ref, o.c.target_ref).where(
+                o.c.action == "erased", o.c.source_ref.in_(chunk)
+            )
+            out.update((r[0], r[1]) for r in c.execute(q))
+        return out
+
+    def delete_record_messages(
+        self, c: sa.Connection, link: str, side: str, ids: Sequence[str]
+    ) -> int:
+        """Every message (pending, running or failed) of these records leaves the queue."""
+        m = S.messages
+        n = 0
+        for chunk in _chunks(list(dict.fromkeys(ids)), 500):
+            res = c.execute(
+                sa.delete(m).where(m.c.link == link, m.c.side == side, m.c.record_id.in_(chunk))
+            )
+            n += res.rowcount or 0
+        return n
+
+    def delete_trigger_seen(self, c: sa.Connection, link: str, ids: Sequence[str]) -> int:
+        t = S.trigger_seen
+        n = 0
+        for chunk in _chunks(list(dict.fromkeys(ids)), 500):
+            res = c.execute(sa.delete(t).where(t.c.link == link, t.c.source_id.in_(chunk)))
+            n += res.rowcount or 0
+        return n
+
+    def erase_activity_text(self, c: sa.Connection, refs: Sequence[str], marker: str) -> int:
+        a = S.activities
+        n = 0
+        for chunk in _chunks(list(dict.fromkeys(refs)), 500):
+            res = c.execute(
+                sa.update(a)
+                .where(a.c.record_ref.in_(chunk), a.c.kind != "erased")
+                .values(text=marker)
+            )
+            n += res.rowcount or 0
+        return n
+
+    def add_erasure_activities(
+        self, c: sa.Connection, rows: Sequence[tuple[str, str]], text: str, *, now: datetime
+    ) -> None:
+        """An ``erased`` entry on each ``(link, record_ref)`` timeline, kept by crmsync only."""
+        if rows:
+            c.execute(
+                sa.insert(S.activities),
+                [
+                    {"link": link, "record_ref": ref, "at": now, "kind": "erased", "text": text,
+                     "deliver": False}
+                    for link, ref in rows
+                ],
+            )
+
 IDENTITY_COLUMNS = (
     "link", "source_id", "target_id", "shadow", "source_version", "target_version",
     "deleted", "updated_at",
