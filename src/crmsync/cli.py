@@ -318,6 +318,7 @@ def log(
     state = StateStore(cfg.state, readonly=True)
     try:
         rows = state.outcomes(link=link, status=status, record=record, limit=limit)
+        timeline = state.activities(record, limit=limit) if record is not None else []
     finally:
         state.close()
     if as_json:
@@ -325,6 +326,8 @@ def log(
             r["at"] = r["at"].isoformat()
             out.print(json.dumps(r, ensure_ascii=False, default=str), markup=False, soft_wrap=True)
         return
+    if timeline:
+        _print_timeline(str(record), timeline)
     if not rows:
         out.print("no outcomes match", markup=False)
         return
@@ -344,6 +347,19 @@ def log(
             r["status"],
             "\n".join(lines),
         )
+    out.print(t)
+
+
+def _print_timeline(record: str, rows: list[dict[str, Any]]) -> None:
+    """The record's activity timeline, oldest first, as the CRM's notes show it."""
+    t = Table(title=f"timeline of {record}", show_lines=True)
+    for col in ("at", "link", "kind", "activity", "in the system"):
+        t.add_column(col, overflow="fold")
+    for r in reversed(rows):
+        where = "-" if not r["deliver"] else (
+            r["delivered_at"].strftime("%Y-%m-%d %H:%M:%S") if r["delivered_at"] else "waiting"
+        )
+        t.add_row(r["at"].strftime("%Y-%m-%d %H:%M:%S"), r["link"], r["kind"], r["text"], where)
     out.print(t)
 
 

@@ -34,6 +34,7 @@ VIEWER_ROUTES = [
     "/api/quotas",
     "/api/records/erp/customer/C00001/outcomes",
     "/api/records/erp/customer/C00001/links",
+    "/api/records/erp/customer/C00001/activity",
 ]
 
 

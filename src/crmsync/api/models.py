@@ -113,6 +113,17 @@ class OutcomeOut(BaseModel):
     at: UtcDatetime
 
 
+class ActivityOut(BaseModel):
+    id: int
+    link: str
+    record_ref: str
+    at: UtcDatetime
+    kind: str = Field(description="created, updated, matched, deleted, failed or erased")
+    text: str
+    deliver: bool = Field(description="also written into the system's own timeline")
+    delivered_at: UtcDatetime | None
+
+
 class SystemCalls(BaseModel):
     system: str
     calls: int = Field(description="connector calls made by this service process")

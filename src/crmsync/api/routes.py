@@ -16,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from crmsync.api.auth import Admin, Viewer
 from crmsync.api.models import (
+    ActivityOut,
     AuditOut,
     DeepLinkOut,
     EraseOut,
@@ -310,6 +311,23 @@ def build_api_router(ctx: ServiceContext) -> APIRouter:
             )
         rows = ctx.state.outcomes(record=f"{system}.{object}:{id}", limit=limit)
         return [OutcomeOut(**{**r, "message": _opt(r["message"])}) for r in rows]
+
+    @router.get(
+        "/records/{system}/{object}/{id}/activity",
+        response_model=list[ActivityOut],
+        responses={**AUTH, **NOT_FOUND},
+    )
+    def record_activity(
+        _: Viewer,
+        system: SystemName,
+        object: ObjectName,
+        id: Annotated[RecordId, Path()],
+        limit: Limit = 100,
+    ) -> list[ActivityOut]:
+        """The record's timeline, newest first: every sync that touched it, in words,
+        and whether it was also written into the system's own timeline (notes)."""
+        ref = _ref(system, object, id)
+        return [ActivityOut(**r) for r in ctx.state.activities(str(ref), limit=limit)]
 
     def _ref(system: str, object: str, id: str) -> RecordRef:
         try:

@@ -132,6 +132,10 @@ class Connector(ABC):
         """The records ``rid`` references through mapped refs: ref -> (object, id)."""
         return {}
 
+    def refs(self, obj: str) -> dict[str, str]:
+        """References mappings may follow (``company`` in ``company.city``): ref -> object."""
+        return {}
+
     def add_activities(self, obj: str, items: Sequence[tuple[str, str]]) -> None:
         """Write ``(record id, text)`` into the records' own timeline (notes).
 

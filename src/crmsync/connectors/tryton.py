@@ -661,6 +661,9 @@ class TrytonConnector(Connector):
                 for key in owner.get((tobj, rel_id), []):
                     res.errors.setdefault(key, f"related {tobj} {rel_id}: {msg}")
 
+    def refs(self, obj: str) -> dict[str, str]:
+        return {ref: rc.object for ref, rc in self._obj(obj).refs.items()}
+
     def related_ids(self, obj: str, rid: str) -> dict[str, tuple[str, str]]:
         """ref -> (object, id) of the records ``rid`` points to (for timelines)."""
         o = self._obj(obj)

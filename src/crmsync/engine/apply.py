@@ -15,6 +15,7 @@ link's match keys instead of being made twice.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from crmsync.connectors.base import Connector
+from crmsync.engine.activity import activity_text
 from crmsync.engine.convert import to_json
 from crmsync.engine.link import CompiledLink
 from crmsync.engine.merge import create_values, merge
@@ -36,6 +38,8 @@ from crmsync.model import (
     Side,
 )
 from crmsync.state.store import Identity, StateStore, dumps, utcnow
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -114,6 +118,8 @@ class Applier:
         self.run_id = run_id
         self.dry_run = dry_run
         self.worker = worker
+        self.activities = not dry_run and target.capabilities.activities
+        self.refs = target.refs(self.tobj)
 
     # ------------------------------------------------------------------
     def apply(
@@ -306,6 +312,7 @@ class Applier:
         # -- results -------------------------------------------------------
         identity_rows: list[dict[str, Any]] = []
         outcome_rows: list[dict[str, Any]] = []
+        activity_rows: list[dict[str, Any]] = []
         failed_pairs: dict[str, str] = {}
         now = utcnow()
         at = self.state.ts(now)
@@ -349,6 +356,8 @@ class Applier:
                 else:
                     fields_json = dumps([f.to_json() for f in out.fields])
                 outcome_rows.append(self._outcome_row(out, at, fields_json))
+                if out.target_id and not self.dry_run:
+                    self._activity_row(out, targets.get(out.target_id), now, activity_rows)
 
         for mid, sid in msg_pair.items():
             if sid in failed_pairs:
@@ -367,6 +376,7 @@ class Applier:
                 c, name, [(sid, v) for sid, v in seen_rows if sid not in failed_pairs]
             )
             self.state.add_outcomes(c, outcome_rows)
+            self.state.add_activities(c, activity_rows)
             if done:
                 self.state.finish_messages(c, done, self.worker)
             if failures_to_queue:
@@ -376,7 +386,54 @@ class Applier:
                     )
             if on_commit is not None:
                 on_commit(c)
+        if self.activities:
+            self.deliver_activities()
         return res
+
+    def _activity_row(
+        self, out: Outcome, trec: Record | None, now: Any, rows: list[dict[str, Any]]
+    ) -> None:
+        """The timeline entry of the target record, naming related records it reached."""
+        related: dict[str, tuple[str, str]] = {}
+        if trec is not None:
+            for ref, obj in self.refs.items():
+                rid = trec.values.get(ref)
+                if rid is not None:
+                    related[ref] = (obj, str(rid))
+        text = activity_text(out, self.sprefix + (out.source_id or ""), related)
+        if text is not None:
+            rows.append(
+                {
+                    "link": out.link,
+                    "record_ref": self.tprefix + str(out.target_id),
+                    "at": now,
+                    "kind": out.action.value,
+                    "text": text,
+                    "deliver": self.activities,
+                }
+            )
+
+    def deliver_activities(self, limit: int = 500) -> int:
+        """Write waiting timeline entries into the target (Tryton notes).
+
+        After the state commit, so a note never describes a write that was
+        rolled back; a crash between the note and its mark repeats that note
+        once (at least once, never lost). An unreachable target keeps them
+        waiting for the next batch.
+        """
+        with self.state.connect() as c:
+            todo = self.state.undelivered_activities(c, self.link.name, self.tprefix, limit)
+        if not todo:
+            return 0
+        items = [(ref[len(self.tprefix):], text) for _, ref, text in todo]
+        try:
+            self.target.add_activities(self.tobj, items)
+        except Exception as exc:  # a note must never fail the sync itself
+            log.warning("link %s: timeline notes not delivered yet: %s", self.link.name, exc)
+            return 0
+        with self.state.begin() as c:
+            self.state.mark_activities_delivered(c, [i for i, _, _ in todo], utcnow())
+        return len(todo)
 
     # ------------------------------------------------------------------
     def _fire(

@@ -1157,6 +1157,42 @@ class StateStore:
             n += res.rowcount or 0
         return n
 
+    def add_activities(self, c: sa.Connection, rows: Sequence[dict[str, Any]]) -> None:
+        if rows:
+            c.execute(sa.insert(S.activities), list(rows))
+
+    def undelivered_activities(
+        self, c: sa.Connection, link: str, prefix: str, limit: int
+    ) -> list[tuple[int, str, str]]:
+        """Entries of ``link`` waiting to be written into the target, oldest first."""
+        a = S.activities
+        q = (
+            sa.select(a.c.id, a.c.record_ref, a.c.text)
+            .where(
+                a.c.deliver.is_(True),
+                a.c.delivered_at.is_(None),
+                a.c.link == link,
+                a.c.record_ref.startswith(prefix, autoescape=True),
+            )
+            .order_by(a.c.id)
+            .limit(limit)
+        )
+        return [(int(r[0]), str(r[1]), str(r[2])) for r in c.execute(q)]
+
+    def mark_activities_delivered(
+        self, c: sa.Connection, ids: Sequence[int], now: datetime
+    ) -> None:
+        a = S.activities
+        for chunk in _chunks(list(ids), 500):
+            c.execute(sa.update(a).where(a.c.id.in_(chunk)).values(delivered_at=now))
+
+    def activities(self, record: str, limit: int = 100) -> list[dict[str, Any]]:
+        """A record's timeline, newest first."""
+        a = S.activities
+        q = sa.select(a).where(a.c.record_ref == record).order_by(a.c.id.desc()).limit(limit)
+        with self.connect() as c:
+            return [dict(r._mapping) for r in c.execute(q)]
+
     def erase_activity_text(self, c: sa.Connection, refs: Sequence[str], marker: str) -> int:
         a = S.activities
         n = 0
