@@ -173,3 +173,25 @@ def test_a_stopped_server_is_unavailable_not_an_error(tryton: TrytonServer) -> N
         c.write("company", creates=[{"name": "Nobody"}])
     tryton.start()
     assert c.write("company", creates=[{"name": "Somebody"}]).errors == {}
+
+
+def test_hard_deletes_are_flagged_from_the_model_log(tryton: TrytonServer) -> None:
+    c = connector(tryton)
+    a, b, keep = c.write("company", creates=[{"name": "A"}, {"name": "B"}, {"name": "C"}]).created
+    assert a and b and keep
+    cur = c.start_cursor("company")
+    page = c.read_changes("company", cur, 100, 0.0)
+    assert not page.check_known
+    # Deleting another model's record is no news for companies.
+    rpc = tryton.rpc()
+    [other] = rpc.call("model.party.category.create", [{"name": "Temp"}])
+    rpc.call("model.party.category.delete", [other])
+    page = c.read_changes("company", page.cursor, 100, 0.0)
+    assert not page.check_known
+    c.write("company", deletes=[a])
+    rpc.call("model.party.party.write", [int(b)], {"active": False})
+    page = c.read_changes("company", page.cursor, 100, 0.0)
+    assert page.check_known
+    assert c.existing("company", [a, b, keep]) == {keep}
+    # Seen once: the next poll is quiet again.
+    assert not c.read_changes("company", page.cursor, 100, 0.0).check_known

@@ -54,6 +54,9 @@ class ChangePage:
     cursor: Cursor | None
     # False when this page was shorter than the limit (nothing more for now).
     more: bool = False
+    # Records were hard-deleted and the system cannot say which (Tryton's
+    # log loses the id): the engine checks the ids it knows with ``existing``.
+    check_known: bool = False
 
 
 @dataclass(slots=True)
@@ -108,6 +111,10 @@ class Connector(ABC):
     @abstractmethod
     def read(self, obj: str, ids: Sequence[str]) -> dict[str, Record]:
         """Records by id; ids that do not exist are absent from the result."""
+
+    def existing(self, obj: str, ids: Sequence[str]) -> set[str]:
+        """Which of ``ids`` still exist (not deleted, not archived)."""
+        return set(self.read(obj, ids))
 
     @abstractmethod
     def find(self, obj: str, field_name: str, values: Sequence[Any]) -> list[Record]:

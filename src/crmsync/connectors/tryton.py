@@ -402,6 +402,7 @@ class TrytonConnector(Connector):
         records = self._records(o, rows)
         new: Cursor = dict(cursor or {})
         new["kids"] = kids
+        check_known = self._deletes_logged(o, new)
         if rows:
             last = rows[-1]
             new["ts"] = _ts(last["last_modified_at"]).isoformat()
@@ -428,13 +429,45 @@ class TrytonConnector(Connector):
                     o, [["id", "in", extra], *self._domain(o, archived=True)], None, None
                 )
                 records.extend(self._records(o, prow))
-        return ChangePage(records, new if (rows or cursor is not None or kids) else None, more)
+        return ChangePage(
+            records, new if (rows or cursor is not None or kids or check_known) else None,
+            more, check_known,
+        )
+
+    def _deletes_logged(self, o: _Obj, cur: Cursor) -> bool:
+        """Whether ``ir.model.log`` holds deletes of the model past the cursor's mark.
+
+        The log keeps that a record was deleted but reading its resource gives
+        null, so which ones is left to ``existing`` on the ids the engine knows.
+        """
+        last = cur.get("log")
+        dom: list[Any] = [["event", "=", "delete"], ["resource", "like", f"{o.model},%"]]
+        if last is None:
+            # First read: deletes from before crmsync looked are not news.
+            rows = self.m("ir.model.log", "search", [], 0, 1, [["id", "DESC"]])
+            cur["log"] = int(rows[0]) if rows else 0
+            return False
+        rows = self.m("ir.model.log", "search", [*dom, ["id", ">", int(last)]], 0, None,
+                      [["id", "ASC"]])
+        if not rows:
+            return False
+        cur["log"] = int(rows[-1])
+        return True
+
+    def existing(self, obj: str, ids: Sequence[str]) -> set[str]:
+        o = self._obj(obj)
+        want = [int(i) for i in ids if str(i).isdigit()]
+        if not want:
+            return set()
+        found = self.m(o.model, "search", [["id", "in", want], *self._domain(o)], 0, None, None)
+        return {str(i) for i in found}
 
     def start_cursor(self, obj: str) -> Cursor | None:
         o = self._obj(obj)
         cur = self._high(o.model, self._domain(o, archived=True))
+        cur = dict(cur or {"ts": None, "key": None})
+        self._deletes_logged(o, cur)
         if o.is_party:
-            cur = dict(cur or {"ts": None, "key": None})
             cur["kids"] = {
                 km: self._high(km, [["active", "in", [True, False]]]) for km in (ADDRESS, CONTACT)
             }

@@ -343,6 +343,8 @@ class Engine:
             # an equal version does not prove an equal record. Apply is
             # idempotent and quiet, so a re-read costs a read, never a write.
             fresh = [(r.id, "upsert", None if r.version is None else str(r.version)) for r in recs]
+            if page.check_known:
+                fresh += [(rid, "upsert", None) for rid in self._gone(name, side, conn, obj)]
             with self.state.begin() as c:
                 self.state.enqueue(c, name, side.value, fresh)
                 if page.cursor is not None:
@@ -354,6 +356,17 @@ class Engine:
             if not page.more:
                 break
         report.counts["captured"] += captured
+
+    def _gone(self, name: str, side: Side, conn: Connector, obj: str) -> list[str]:
+        """Paired records of this side that no longer exist: queued, apply sees them gone."""
+        with self.state.connect() as c:
+            ids = self.state.live_ids(c, name, side.value)
+        gone: list[str] = []
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            have = conn.existing(obj, chunk)
+            gone.extend(rid for rid in chunk if rid not in have)
+        return gone
 
     def _drain(
         self, link: CompiledLink, applier: Applier, report: LinkReport, max_samples: int

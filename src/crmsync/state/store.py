@@ -485,6 +485,13 @@ class StateStore:
         ).scalar()
 
     # -- identities and shadows -------------------------------------------
+    def live_ids(self, c: sa.Connection, link: str, side: str) -> list[str]:
+        """Ids on one side of every pair not yet known as deleted (for hard-delete checks)."""
+        i = S.identities
+        col = i.c.source_id if side == "source" else i.c.target_id
+        q = sa.select(col).where(i.c.link == link, i.c.deleted.is_(False), col.is_not(None))
+        return [str(r[0]) for r in c.execute(q)]
+
     def identities_by_source(
         self, c: sa.Connection, link: str, ids: Sequence[str]
     ) -> dict[str, Identity]:
