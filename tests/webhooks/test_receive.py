@@ -117,3 +117,21 @@ def test_openapi_documents_the_route(env: Env) -> None:
     assert "application/json" in op["requestBody"]["content"]
     assert {"202", "401", "409", "413", "422"} <= set(op["responses"])
     assert "$ref" not in str(op["requestBody"])  # inlined: resolvable anywhere
+
+
+def test_an_erased_record_pushed_again_is_neither_kept_nor_queued(env: Env) -> None:
+    st = env.ctx.state
+    with st.begin() as c:
+        st.mark_erased(c, ["esign.document:GDPR-1"], by="dpo", now=env.clock())
+    r = env.post({"changes": [
+        {"object": "document", "id": "GDPR-1", "op": "updated",
+         "values": {"amount": 1, "status": "signed", "city": "Secret City"}},
+        {"object": "document", "id": "OTHER", "op": "created",
+         "values": {"amount": 2, "status": "signed", "city": "Oslo"}},
+    ]})
+    assert r.status_code == 202, r.text
+    assert r.json() == {"accepted": 2, "queued": 1}
+    with st.connect() as c:
+        kept = c.execute(sa.select(S.pushed_records.c.record_id)).scalars().all()
+        dump = " ".join(str(v) for row in c.execute(sa.select(S.pushed_records)) for v in row)
+    assert kept == ["OTHER"] and "Secret City" not in dump

@@ -350,8 +350,12 @@ def _commit(
             # is read, so the seq computed below cannot go stale.
             st.add_webhook_delivery(c, hook.system, wid, now=now)
             touched: dict[str, dict[str, None]] = {}
+            # GDPR: a record erased here is never taken in again, not even kept.
+            erased = st.erased_refs(c, [f"{hook.system}.{ch.object}:{ch.id}" for ch in changes])
             for ch in changes:
                 rid = str(ch.id)
+                if f"{hook.system}.{ch.object}:{rid}" in erased:
+                    continue
                 if hook.connector is not None:
                     applied = hook.connector.push(
                         c, ch.object, rid, ch.values, ch.op, ch.version, now=now
