@@ -212,6 +212,8 @@ def build_router(ctx: ServiceContext) -> APIRouter:
             wid, _ts = _verify(hook, body, request, ctx)
             changes = _validate(hook, body, ctx)
             accepted, queued = await run_in_threadpool(_commit, ctx, hook, wid, changes)
+            if queued:
+                ctx.wake.set()
         except _Refused as r:
             log.warning(
                 "webhook refused",

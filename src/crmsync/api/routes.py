@@ -224,6 +224,8 @@ def build_api_router(ctx: ServiceContext) -> APIRouter:
                 c, who.name, "link.sync", f"link:{name}",
                 {"records": len(ids)} if ids is not None else {"run_requested": True}, now=now,
             )
+        if result.queued:
+            ctx.wake.set()  # committed: a worker of this process takes it now
         log.info(
             "sync requested",
             extra={"action": "link.sync", "link": name, "actor": who.name,

@@ -17,6 +17,11 @@ from crmsync.service.worker import Worker
 log = logging.getLogger("crmsync.service")
 
 ConfigOpt = Annotated[Path, typer.Option("-c", "--config", help="config file")]
+PollOpt = Annotated[
+    float,
+    typer.Option(min=0.01, max=60, help="seconds an idle worker waits before it looks again "
+                 "(work queued in the same process wakes it at once)"),
+]
 
 
 def _stop_on_signals(stop: threading.Event) -> None:
@@ -32,6 +37,7 @@ def serve(
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
     workers: Annotated[int, typer.Option(help="worker threads in this process")] = 1,
+    poll: PollOpt = 0.2,
 ) -> None:
     """Run the HTTP API, the scheduler and a worker in one process."""
     import uvicorn
@@ -45,7 +51,10 @@ def serve(
     ]
     for i in range(max(1, workers)):
         threads.append(
-            threading.Thread(target=Worker(ctx).run, args=(stop,), name=f"worker-{i}", daemon=True)
+            threading.Thread(
+                target=Worker(ctx, poll_s=poll).run, args=(stop,), name=f"worker-{i}",
+                daemon=True,
+            )
         )
     for t in threads:
         t.start()
@@ -65,6 +74,7 @@ def serve(
                 raise typer.Exit(1)
     finally:
         stop.set()
+        ctx.wake.set()  # idle workers notice the stop now
         server.should_exit = True
         api.join(timeout=30)
         for t in threads:
@@ -72,14 +82,14 @@ def serve(
         ctx.close()
 
 
-def worker(config: ConfigOpt = Path("crmsync.yaml")) -> None:
+def worker(config: ConfigOpt = Path("crmsync.yaml"), poll: PollOpt = 0.2) -> None:
     """Run a worker only (scale out: any number, on any machine, with PostgreSQL state)."""
     ctx = ServiceContext.open(config)
     stop = threading.Event()
     _stop_on_signals(stop)
     typer.echo(f"crmsync worker {ctx.engine.worker_id} started")
     try:
-        Worker(ctx).run(stop)
+        Worker(ctx, poll_s=poll).run(stop)
     finally:
         ctx.close()
 

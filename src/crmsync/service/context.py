@@ -6,6 +6,7 @@ scheduler (no hidden globals), so tests can build one with their own clock.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -32,6 +33,9 @@ class ServiceContext:
     max_body_bytes: int = 1024 * 1024
     worker_id: str = field(default="")
     quota: QuotaGuard | None = None
+    # Set when work was queued in this process (a webhook, a sync request):
+    # workers in the process start at once instead of at their next poll.
+    wake: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
         if self.quota is None:

@@ -122,7 +122,11 @@ class Worker:
 
     def run(self, stop: threading.Event) -> None:
         log.info("worker started", extra={"action": "start", "worker": self.ctx.engine.worker_id})
+        wake = self.ctx.wake
         while not stop.is_set():
             if self.run_once() == 0:
-                stop.wait(self.poll_s)
+                # Queued work in this process wakes us; other processes' work
+                # (and timed retries) is found at the next poll.
+                wake.wait(self.poll_s)
+                wake.clear()
         log.info("worker stopped", extra={"action": "stop", "processed": self.processed})
