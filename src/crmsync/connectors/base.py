@@ -143,11 +143,16 @@ class Connector(ABC):
         """References mappings may follow (``company`` in ``company.city``): ref -> object."""
         return {}
 
-    def add_activities(self, obj: str, items: Sequence[tuple[str, str]]) -> None:
-        """Write ``(record id, text)`` into the records' own timeline (notes).
+    def add_activities(self, obj: str, items: Sequence[tuple[str, str]]) -> list[str]:
+        """Write ``(record id, text)`` into the records' own timeline (notes);
+        returns the new entries' ids in order.
 
         Only for connectors whose ``capabilities.activities`` is True.
         """
+        raise NotImplementedError(f"{self.name} keeps no activity timeline")
+
+    def remove_activities(self, ids: Sequence[str]) -> None:
+        """Delete timeline entries made by ``add_activities`` (GDPR erasure)."""
         raise NotImplementedError(f"{self.name} keeps no activity timeline")
 
     def count_calls(self) -> int:

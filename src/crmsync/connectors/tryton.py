@@ -709,12 +709,23 @@ class TrytonConnector(Connector):
         return out
 
     # -- timelines ---------------------------------------------------------------------
-    def add_activities(self, obj: str, items: Sequence[tuple[str, str]]) -> None:
+    def add_activities(self, obj: str, items: Sequence[tuple[str, str]]) -> list[str]:
         """Write ``(record id, text)`` as notes (``ir.note``) on the records."""
         o = self._obj(obj)
-        if items:
-            self.m("ir.note", "create",
-                   [{"resource": f"{o.model},{int(rid)}", "message": text} for rid, text in items])
+        if not items:
+            return []
+        ids = self.m("ir.note", "create",
+                     [{"resource": f"{o.model},{int(rid)}", "message": text}
+                      for rid, text in items])
+        return [str(i) for i in ids]
+
+    def remove_activities(self, ids: Sequence[str]) -> None:
+        want = [int(i) for i in ids]
+        if want:
+            # Only notes that still exist: a note deleted by hand is no error.
+            have = self.m("ir.note", "search", [["id", "in", want]], 0, None, None)
+            if have:
+                self.m("ir.note", "delete", have)
 
 
 class _PersonId:

@@ -113,6 +113,7 @@ class Applier:
         self.target = target
         self.sobj = link.config.source_object
         self.tobj = link.config.target_object
+        self.tsystem = target_system
         self.sprefix = f"{source_system}.{self.sobj}:"
         self.tprefix = f"{target_system}.{self.tobj}:"
         self.run_id = run_id
@@ -410,6 +411,9 @@ class Applier:
                     "kind": out.action.value,
                     "text": text,
                     "deliver": self.activities,
+                    "mentions": "".join(
+                        f"{self.tsystem}.{obj}:{rid} " for obj, rid in related.values()
+                    ) or None,
                 }
             )
 
@@ -427,12 +431,15 @@ class Applier:
             return 0
         items = [(ref[len(self.tprefix):], text) for _, ref, text in todo]
         try:
-            self.target.add_activities(self.tobj, items)
+            ext: list[str | None] = list(self.target.add_activities(self.tobj, items))
         except Exception as exc:  # a note must never fail the sync itself
             log.warning("link %s: timeline notes not delivered yet: %s", self.link.name, exc)
             return 0
+        ext += [None] * (len(todo) - len(ext))
         with self.state.begin() as c:
-            self.state.mark_activities_delivered(c, [i for i, _, _ in todo], utcnow())
+            self.state.mark_activities_delivered(
+                c, [(i, e) for (i, _, _), e in zip(todo, ext, strict=True)], utcnow()
+            )
         return len(todo)
 
     # ------------------------------------------------------------------

@@ -137,6 +137,7 @@ def erase(
                 results.append(RecordErasure(p.ref, "anonymized", sorted(p.values)))
             else:
                 results.append(_write(connectors[p.ref.system], p.ref, p.values))
+        notes = _remove_notes(state, connectors, refs)
     except EraseError as exc:
         exc.hint = f"the records stay marked erased; then run again: crmsync erase {ref}"
         with state.begin() as c:
@@ -148,6 +149,7 @@ def erase(
 
     with state.begin() as c:
         scrubbed = _scrub(config, state, c, plans, results, now)
+        scrubbed["notes_removed"] = notes
         scrubbed["logged"] = _record(config, state, c, group, now)
         state.add_audit(
             c, by, "record.erase", str(ref),
@@ -157,6 +159,34 @@ def erase(
         )
         erased_at = min(r["erased_at"] for r in state.erased_rows(c, refs))
     return EraseReport(ref, by, erased_at, results, scrubbed)
+
+
+def _remove_notes(state: StateStore, connectors: dict[str, Connector], refs: list[str]) -> int:
+    """Delete the timeline notes crmsync wrote into systems about the group (on the
+    records themselves, or naming them as related records): they hold old values."""
+    with state.connect() as c:
+        found = state.delivered_activities_of(c, refs)
+    by_system: dict[str, list[str]] = {}
+    for record_ref, ext in found:
+        by_system.setdefault(record_ref.split(".", 1)[0], []).append(ext)
+    for system, ids in by_system.items():
+        conn = connectors.get(system)
+        if conn is None:
+            continue
+        try:
+            conn.remove_activities(ids)
+        except SystemUnavailable as exc:
+            raise EraseError(
+                f"system {system} is unreachable: {exc.user_message}; crmsync's notes about "
+                "the record are not removed there yet",
+                system=system, unavailable=True,
+            ) from None
+        except CrmsyncError as exc:
+            raise EraseError(
+                f"system {system} refused to remove crmsync's notes: {exc.user_message}",
+                system=system,
+            ) from None
+    return len(found)
 
 
 def _plan(config: Config, connectors: dict[str, Connector], ref: RecordRef) -> _Plan:

@@ -220,6 +220,12 @@ activities = sa.Table(
     sa.Column("text", sa.Text, nullable=False),
     sa.Column("deliver", sa.Boolean, nullable=False, default=False),
     sa.Column("delivered_at", sa.DateTime, nullable=True),
+    # The entry's id in the system's own timeline (a Tryton note id), so an
+    # erasure can remove it there too.
+    sa.Column("external_id", sa.String(64), nullable=True),
+    # Other records the text names ("ref " each), e.g. a deal's related person:
+    # erasing that person removes this entry as well.
+    sa.Column("mentions", sa.Text, nullable=True),
 )
 sa.Index("crmsync_activities_ref", activities.c.record_ref, activities.c.id)
 sa.Index("crmsync_activities_undelivered", activities.c.deliver, activities.c.delivered_at)

@@ -1196,11 +1196,34 @@ class StateStore:
         return [(int(r[0]), str(r[1]), str(r[2])) for r in c.execute(q)]
 
     def mark_activities_delivered(
-        self, c: sa.Connection, ids: Sequence[int], now: datetime
+        self, c: sa.Connection, done: Sequence[tuple[int, str | None]], now: datetime
     ) -> None:
+        """``(activity id, its id in the system)`` pairs: delivered now."""
         a = S.activities
-        for chunk in _chunks(list(ids), 500):
-            c.execute(sa.update(a).where(a.c.id.in_(chunk)).values(delivered_at=now))
+        stmt = (
+            sa.update(a)
+            .where(a.c.id == sa.bindparam("aid"))
+            .values(delivered_at=now, external_id=sa.bindparam("ext"))
+        )
+        if done:
+            c.execute(stmt, [{"aid": i, "ext": ext} for i, ext in done])
+
+    def _activity_refs(self, refs: Sequence[str]) -> Any:
+        a = S.activities
+        return sa.or_(
+            a.c.record_ref.in_(list(refs)),
+            *[a.c.mentions.contains(r + " ", autoescape=True) for r in refs],
+        )
+
+    def delivered_activities_of(self, c: sa.Connection, refs: Sequence[str]) -> list[
+        tuple[str, str]
+    ]:
+        """``(record_ref, external id)`` of entries about ``refs`` written into a system."""
+        a = S.activities
+        q = sa.select(a.c.record_ref, a.c.external_id).where(
+            a.c.external_id.is_not(None), self._activity_refs(refs)
+        )
+        return [(str(r[0]), str(r[1])) for r in c.execute(q)]
 
     def activities(self, record: str, limit: int = 100) -> list[dict[str, Any]]:
         """A record's timeline, newest first."""
@@ -1212,11 +1235,11 @@ class StateStore:
     def erase_activity_text(self, c: sa.Connection, refs: Sequence[str], marker: str) -> int:
         a = S.activities
         n = 0
-        for chunk in _chunks(list(dict.fromkeys(refs)), 500):
+        for chunk in _chunks(list(dict.fromkeys(refs)), 100):
             res = c.execute(
                 sa.update(a)
-                .where(a.c.record_ref.in_(chunk), a.c.kind != "erased")
-                .values(text=marker)
+                .where(self._activity_refs(chunk), a.c.kind != "erased")
+                .values(text=marker, mentions=None, external_id=None)
             )
             n += res.rowcount or 0
         return n
