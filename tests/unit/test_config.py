@@ -380,3 +380,29 @@ def test_check_value_map_needs_scalar_fields_and_newest_needs_updated_at() -> No
             "value maps apply only to scalar fields; 'tags' is list",
         ),
     ]
+
+
+def test_check_anonymize_fields_exist_and_replacements_fit() -> None:
+    text = GOOD.replace(
+        "        deleted: {field: active, value: false}\n",
+        "        deleted: {field: active, value: false}\n"
+        "        anonymize: {name: Erased, emial: x, status: unknown, id: 0, note: null}\n",
+    )
+    problems = check(text)
+    assert problems == [
+        (
+            "c.yaml:12 systems.erp.objects.customer.anonymize.emial",
+            "field 'emial' not found on erp.customer (fields: customer_no, name, email, status, "
+            "note, active, since, modified, id)",
+        ),
+        (
+            "c.yaml:12 systems.erp.objects.customer.anonymize.status",
+            "expected a number, got 'unknown' (field 'status' is integer)",
+        ),
+        (
+            "c.yaml:12 systems.erp.objects.customer.anonymize.id",
+            "'id' is the key of erp.customer; anonymize cannot replace it",
+        ),
+    ]
+    good = text.replace("emial: x, status: unknown, id: 0, ", "email: erased@example.invalid, ")
+    assert check(good) == []

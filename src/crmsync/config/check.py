@@ -89,6 +89,11 @@ class _Checker:
                     self.check_deleted(
                         opath, spec, f"{sname}.{oname}", ocfg.deleted.field, ocfg.deleted.value
                     )
+                anonymize = getattr(ocfg, "anonymize", None)
+                if anonymize:
+                    self.check_anonymize(
+                        join_path(opath, "anonymize"), spec, f"{sname}.{oname}", anonymize
+                    )
 
     def check_deleted(self, opath: str, spec: ObjectSpec, obj: str, field: str, value: Any) -> None:
         fs = spec.fields.get(field)
@@ -103,6 +108,25 @@ class _Checker:
             converter(None, _loose(fs))(value)
         except ConversionError as err:
             self.add(f"{path}.value", f"{err.reason} (field {field!r} is {fs.type.value})")
+
+    def check_anonymize(
+        self, path: str, spec: ObjectSpec, obj: str, anonymize: Mapping[str, Any]
+    ) -> None:
+        """What ``crmsync erase`` would refuse (engine/erase.py ``_plan``), found up front."""
+        for fname, value in anonymize.items():
+            fpath = join_path(path, fname)
+            fs = self.field(spec, fname, obj, fpath)
+            if fs is None:
+                continue
+            if fname == spec.key:
+                self.add(fpath, f"{fname!r} is the key of {obj}; anonymize cannot replace it")
+                continue
+            if fs.read_only:
+                self.add(
+                    fpath, f"{fname!r} is filled by {obj} itself and cannot be written (anonymize)"
+                )
+                continue
+            self.check_value(fpath, fs, value, fname)
 
     # -- links ---------------------------------------------------------------
 
