@@ -86,7 +86,9 @@ def _engine(path: Path, *, readonly: bool = False) -> Iterator[Any]:
             c.close()
 
 
-def _live_problems(config: Config, path: Path, smap: Any) -> list[tuple[str, str]]:
+def _live_problems(
+    config: Config, path: Path, smap: Any, *, unreachable_ok: bool = False
+) -> list[tuple[str, str]]:
     from crmsync.config.check import check_config
     from crmsync.connectors import build_connectors
     from crmsync.state.store import StateStore
@@ -95,7 +97,9 @@ def _live_problems(config: Config, path: Path, smap: Any) -> list[tuple[str, str
     state = StateStore(config.state, readonly=True)
     connectors = build_connectors(config, state)
     try:
-        return check_config(config, connectors, str(path), smap.locate)
+        return check_config(
+            config, connectors, str(path), smap.locate, unreachable_ok=unreachable_ok
+        )
     finally:
         for c in connectors.values():
             c.close()
@@ -130,7 +134,8 @@ def check(config: ConfigOpt = Path("crmsync.yaml")) -> None:
 
 def _refuse_if_invalid(config: Path) -> None:
     cfg, smap = _load_with_lines(config)
-    problems = _live_problems(cfg, config, smap)
+    # A system that is down is no config problem: its links pause (exit 3).
+    problems = _live_problems(cfg, config, smap, unreachable_ok=True)
     if problems:
         for loc, msg in problems:
             err.print(f"{loc}: {_redact(msg)}", markup=False, soft_wrap=True)

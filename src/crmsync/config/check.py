@@ -29,14 +29,19 @@ def check_config(
     connectors: Mapping[str, Connector],
     source_file: str,
     locate: Locate | None = None,
+    *,
+    unreachable_ok: bool = False,
 ) -> list[Problem]:
     """Every problem of ``config`` against the live systems, sorted by line.
+
+    With ``unreachable_ok`` a system that cannot be reached is no problem and
+    its links are not checked: ``sync`` then pauses them and exits 3 instead.
 
     ``locate`` turns a key path into ``file:line key.path`` (``SourceMap.locate``
     from ``load_config_with_lines``); without it locations are ``file key.path``.
     """
     loc = locate or (lambda path: f"{source_file} {path}")
-    checker = _Checker(config, connectors, loc)
+    checker = _Checker(config, connectors, loc, unreachable_ok)
     checker.run()
     return sort_problems(checker.problems)
 
@@ -46,8 +51,13 @@ def _fields_of(spec: ObjectSpec) -> str:
 
 
 class _Checker:
-    def __init__(self, config: Config, connectors: Mapping[str, Connector], locate: Locate) -> None:
+    def __init__(
+        self, config: Config, connectors: Mapping[str, Connector], locate: Locate,
+        unreachable_ok: bool = False,
+    ) -> None:
         self.config = config
+        self.unreachable_ok = unreachable_ok
+        self.unreachable: set[str] = set()
         self.connectors = connectors
         self.locate = locate
         self.problems: list[Problem] = []
@@ -59,6 +69,8 @@ class _Checker:
     def run(self) -> None:
         self.describe_all()
         for name, link in self.config.links.items():
+            if {link.source_system, link.target_system} & self.unreachable:
+                continue
             self.check_link(join_path("links", name), link)
 
     # -- systems -------------------------------------------------------------
@@ -78,6 +90,9 @@ class _Checker:
                     self.add(f"{opath}.{err.key}" if err.key else opath, err.user_message)
                     continue
                 except SystemUnavailable as err:
+                    if self.unreachable_ok:
+                        self.unreachable.add(sname)
+                        break
                     # One unreachable system gives one problem, not one per object.
                     self.add(join_path(spath, "url"), f"cannot reach {sname}: {err.user_message}")
                     break

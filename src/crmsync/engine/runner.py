@@ -145,8 +145,7 @@ class Engine:
     def sync_link(
         self, name: str, *, full: bool = False, dry_run: bool = False, max_samples: int = 5
     ) -> LinkReport:
-        link = self.compiled(name)
-        lc = link.config
+        lc = self.config.links[name]
         src, tgt = self.connectors[lc.source_system], self.connectors[lc.target_system]
         with self.state.connect() as c:
             mig = self.state.get_cursor(c, name, Side.SOURCE.value, "migration")
@@ -154,18 +153,28 @@ class Engine:
         kind = "migration" if migrating and not full else ("full" if full else "incremental")
         report = LinkReport(name, kind)
         run_id = None if dry_run else self.state.start_run(name, kind)
-        applier = Applier(
-            link,
-            self.state,
-            src,
-            tgt,
-            source_system=lc.source_system,
-            target_system=lc.target_system,
-            run_id=run_id,
-            dry_run=dry_run,
-            worker=self.worker_id,
-        )
         try:
+            try:
+                # Compiling reflects both systems: inside the try, so a system
+                # that is down pauses the run instead of failing it.
+                link = self.compiled(name)
+            except SystemUnavailable:
+                if not migrating and not dry_run:
+                    # The other side may answer: its changes are queued now and
+                    # wait durably for the one that is down.
+                    self._capture(name, lc, src, Side.SOURCE, report)
+                raise
+            applier = Applier(
+                link,
+                self.state,
+                src,
+                tgt,
+                source_system=lc.source_system,
+                target_system=lc.target_system,
+                run_id=run_id,
+                dry_run=dry_run,
+                worker=self.worker_id,
+            )
             if migrating:
                 self._migrate(link, src, tgt, applier, report, full, dry_run, max_samples)
             if dry_run:

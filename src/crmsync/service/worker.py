@@ -114,6 +114,11 @@ class Worker:
                     for sys_name in set(systems):
                         guard.spend(sys_name, conns[sys_name].thread_calls() - before[sys_name])
             if pause is not None:
+                if n == 0:
+                    # Nothing was due, so nothing reached the system: no proof it
+                    # answers. Stay paused; look again after the same delay.
+                    self.paused[name] = Pause(now + pause.delay, pause.delay)
+                    continue
                 del self.paused[name]
                 log.info("system answers again", extra={"action": "resume", "link": name})
             total += n
