@@ -40,6 +40,8 @@ def activity_text(
     head = HEADLINES.get(out.action)
     if head is None:
         return None
+    if out.matched and out.action is Action.UPDATED:
+        head = "Sync completed: matched an existing record and updated it"
     lines = [f"{head} (crmsync link {out.link}, from {source_ref})"]
     if out.action is Action.FAILED and out.message:
         lines.append(f"Reason: {out.message}")

@@ -411,9 +411,10 @@ class Applier:
                     "kind": out.action.value,
                     "text": text,
                     "deliver": self.activities,
-                    "mentions": "".join(
+                    # The source record too, so its timeline (log --record) shows it.
+                    "mentions": f" {self.sprefix}{out.source_id} " + "".join(
                         f"{self.tsystem}.{obj}:{rid} " for obj, rid in related.values()
-                    ) or None,
+                    ),
                 }
             )
 

@@ -223,8 +223,8 @@ activities = sa.Table(
     # The entry's id in the system's own timeline (a Tryton note id), so an
     # erasure can remove it there too.
     sa.Column("external_id", sa.String(64), nullable=True),
-    # Other records the text names ("ref " each), e.g. a deal's related person:
-    # erasing that person removes this entry as well.
+    # Other records the entry is about (" ref ref "): its source, and related
+    # records such as a deal's person, whose erasure removes this entry too.
     sa.Column("mentions", sa.Text, nullable=True),
 )
 sa.Index("crmsync_activities_ref", activities.c.record_ref, activities.c.id)

@@ -1212,7 +1212,7 @@ class StateStore:
         a = S.activities
         return sa.or_(
             a.c.record_ref.in_(list(refs)),
-            *[a.c.mentions.contains(r + " ", autoescape=True) for r in refs],
+            *[a.c.mentions.contains(f" {r} ", autoescape=True) for r in refs],
         )
 
     def delivered_activities_of(self, c: sa.Connection, refs: Sequence[str]) -> list[
@@ -1226,9 +1226,10 @@ class StateStore:
         return [(str(r[0]), str(r[1])) for r in c.execute(q)]
 
     def activities(self, record: str, limit: int = 100) -> list[dict[str, Any]]:
-        """A record's timeline, newest first."""
+        """A record's timeline, newest first: entries on it and entries naming it
+        (the target's entries name their source and related records)."""
         a = S.activities
-        q = sa.select(a).where(a.c.record_ref == record).order_by(a.c.id.desc()).limit(limit)
+        q = sa.select(a).where(self._activity_refs([record])).order_by(a.c.id.desc()).limit(limit)
         with self.connect() as c:
             return [dict(r._mapping) for r in c.execute(q)]
 
