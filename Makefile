@@ -1,5 +1,6 @@
-# crmsync: one command for the demo, one for the tests. Both create .venv and
-# install what is missing; a stamp per pyproject.toml hash keeps reruns fast.
+# crmsync: one command for the demo, one for the tests, one for the demo on a
+# real Tryton. All create the venvs and install what is missing; a stamp per
+# pyproject.toml hash (and per Tryton pin list) keeps reruns fast.
 
 PYTHON ?= python3
 VENV   := .venv
@@ -18,14 +19,22 @@ TRYTON_HASH := $(shell echo '$(TRYTON_PKGS)' | sha1sum | cut -c1-12)
 STAMP_TRYTON := $(TRYTON_VENV)/.installed-$(TRYTON_HASH)
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
+DEMO_TRYTON_ARGS ?=
 # bench/ may not exist yet on a fresh clone; ruff fails on missing paths.
 LINT_PATHS := $(wildcard src tests bench)
 
-.PHONY: demo test lint bench install install-test install-tryton clean
+.PHONY: demo demo-tryton test lint bench install install-test install-tryton clean
 
 demo: $(STAMP_RUN)
 	@mkdir -p demo
 	cd demo && ../$(PY) -m crmsync.demo $(DEMO_ARGS)
+
+# The same story against a real Tryton 8.2 server (from $(TRYTON_VENV)), in demo-tryton/:
+# trytond-admin builds the database once, later runs reuse it.
+demo-tryton: $(STAMP_RUN) $(STAMP_TRYTON)
+	@mkdir -p demo-tryton
+	cd demo-tryton && ../$(PY) -m crmsync.demo_tryton --tryton-venv ../$(TRYTON_VENV) \
+		$(DEMO_TRYTON_ARGS)
 
 test: $(STAMP_TEST)
 	$(VENV)/bin/ruff check $(LINT_PATHS)
@@ -60,5 +69,5 @@ $(STAMP_TRYTON):
 	@touch $@
 
 clean:
-	rm -rf $(VENV) demo build src/*.egg-info .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) demo demo-tryton build src/*.egg-info .pytest_cache .ruff_cache .hypothesis
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -271,6 +271,22 @@ def write_config(path: str | Path) -> Path:
     return p
 
 
+# The ERP edits both demos make: renamed, soft-deleted (status X), contract activated.
+_COMMON_EDITS = {
+    "renamed": "UPDATE customers SET name = name || ' Holding', changed_at = ? "
+    "WHERE customer_no = ?",
+    "deleted": "UPDATE customers SET status = 'X', changed_at = ? WHERE customer_no = ?",
+    "activated": "UPDATE customers SET contract_status = 'active', changed_at = ? "
+    "WHERE customer_no = ?",
+}
+
+
+def apply_common_edits(db: sqlite3.Connection, edits: dict[str, list[str]], now: str) -> None:
+    """Run the renamed/deleted/activated edits listed in ``edits`` (customer numbers)."""
+    for kind, sql in _COMMON_EDITS.items():
+        db.executemany(sql, [(now, c) for c in edits.get(kind, [])])
+
+
 def edit_erp(path: str | Path, seed: int = DEFAULT_SEED) -> dict[str, list[str]]:
     """Change the ERP after the first sync; return the customer numbers per kind of edit."""
     rng = random.Random(seed + 2)
@@ -298,22 +314,10 @@ def edit_erp(path: str | Path, seed: int = DEFAULT_SEED) -> dict[str, list[str]]
             "activated": sorted(rng.sample(inactive, 5)),
         }
         db.executemany(
-            "UPDATE customers SET name = name || ' Holding', changed_at = ? WHERE customer_no = ?",
-            [(now, c) for c in edits["renamed"]],
-        )
-        db.executemany(
             "UPDATE customers SET credit_limit = ?, changed_at = ? WHERE customer_no = ?",
             [(rng.randrange(100, 5000) * 100.0, now, c) for c in edits["credit_changed"]],
         )
-        db.executemany(
-            "UPDATE customers SET status = 'X', changed_at = ? WHERE customer_no = ?",
-            [(now, c) for c in edits["deleted"]],
-        )
-        db.executemany(
-            "UPDATE customers SET contract_status = 'active', changed_at = ? "
-            "WHERE customer_no = ?",
-            [(now, c) for c in edits["activated"]],
-        )
+        apply_common_edits(db, edits, now)
     return edits
 
 
