@@ -1,0 +1,70 @@
+"""`crmsync check` against a real Tryton: typed fields, refs, and list objects refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import sqlalchemy as sa
+from trytonenv import TrytonServer
+
+from crmsync.config.check import check_config
+from crmsync.config.loader import load_config_with_lines
+from crmsync.connectors import build_connectors
+
+CONFIG = """\
+state: sqlite:///{d}/state.db
+systems:
+  erp:
+    connector: sql
+    url: sqlite:///{d}/erp.db
+    objects:
+      orders: {{table: orders, key: id, updated_at: updated_at}}
+  crm:
+    connector: tryton
+    url: {url}
+    database: {db}
+    password: {password}
+    objects:
+      company: {{}}
+      deal: {{}}
+links:
+  orders:
+    source: erp.orders
+    target: crm.deal
+    match: {{id: reference}}
+    fields:
+      - {{source: total, target: amount}}
+      - {{source: city, target: company.city}}
+      - {{source: product, target: lines.product}}
+      - {{source: city, target: company.nope}}
+"""
+
+
+def test_check_refuses_list_objects_and_unknown_related_fields(
+    tryton: TrytonServer, tmp_path: Path
+) -> None:
+    eng = sa.create_engine(f"sqlite:///{tmp_path}/erp.db")
+    with eng.begin() as c:
+        c.exec_driver_sql(
+            "CREATE TABLE orders (id TEXT PRIMARY KEY, total NUMERIC(12,2), city TEXT,"
+            " product TEXT, updated_at DATETIME)"
+        )
+    eng.dispose()
+    path = tmp_path / "crmsync.yaml"
+    path.write_text(CONFIG.format(d=tmp_path, url=tryton.url, db=tryton.database,
+                                  password=tryton.password))
+    config, smap = load_config_with_lines(path)
+    conns = build_connectors(config)
+    try:
+        problems = check_config(config, conns, str(path), smap.locate)
+    finally:
+        for c in conns.values():
+            c.close()
+    text = "\n".join(f"{loc}: {msg}" for loc, msg in problems)
+    assert len(problems) == 2, text
+    assert "links.orders.fields[2].target" in problems[0][0]
+    assert "'lines.product' follows 'lines', a list of records on crm.deal" in problems[0][1]
+    assert "list objects (such as product lines) are not supported yet" in problems[0][1]
+    assert "links.orders.fields[3].target" in problems[1][0]
+    assert "field 'company.nope' not found on crm.deal" in problems[1][1]
+    assert tryton.password not in text
