@@ -173,6 +173,7 @@ def status(
         with state.connect() as c:
             counts = state.queue_counts_by_link(c)
             oldest = state.oldest_waiting(c)
+            paused = state.waiting_unreachable(c)
             last = state.last_runs(c)
         from crmsync.engine.quota import QuotaGuard
 
@@ -193,7 +194,8 @@ def status(
         q = counts.get(name, {})
         t.add_row(
             name,
-            ("yes" if enabled else "no") + (" (switched)" if override is not None else ""),
+            ("yes" if enabled else "no") + (" (switched)" if override is not None else "")
+            + (", paused" if name in paused else ""),
             lc.schedule or "on demand",
             str(q.get("pending", 0)),
             str(q.get("running", 0)),
@@ -201,11 +203,15 @@ def status(
             _age(oldest.get(name), now),
         )
     out.print(t)
+    for name, (n, why) in sorted(paused.items()):
+        if link is None or name == link:
+            out.print(f"paused: {name}: {n} message(s) wait, attempts unspent — {redact(why)}",
+                      markup=False, soft_wrap=True)
     out.print("last run:", markup=False)
     for name in cfg.links:
         if link is None or name == link:
             out.print("  " + _last_run(name, last.get(name)), markup=False, soft_wrap=True)
-    s = Table(title="systems", caption="paused systems: see the worker's log")
+    s = Table(title="systems")
     for col in ("system", "connector", "quota", "used", "remaining", "resets at (UTC)"):
         s.add_column(col)
     for name, sc in cfg.systems.items():

@@ -424,6 +424,13 @@ def test_migrate_mirror_outage_and_delete(world: World) -> None:
         assert all(m.status == "pending" for m in msgs), [(m.record_id, m.status) for m in msgs]
         # one message per record: the newer change joined the waiting one
         assert Counter(m.record_id for m in msgs)["C00001"] == 1
+        # `crmsync status` (and GET /api/links) show the link paused, with the reason.
+        with ctx.state.connect() as c:
+            paused = ctx.state.waiting_unreachable(c)
+        assert paused[LINK][0] == len(msgs) and "unreachable" in paused[LINK][1], paused
+        r = w.cli("status")
+        assert r.exit_code == 0, r.output
+        assert f"paused: {LINK}: {len(msgs)} message(s) wait, attempts unspent" in r.output
 
         w.tryton.start()
         deadline = time.monotonic() + 30
@@ -435,6 +442,7 @@ def test_migrate_mirror_outage_and_delete(world: World) -> None:
             time.sleep(0.1)
         with ctx.state.connect() as c:
             assert ctx.state.queue_counts(c) == {}
+            assert ctx.state.waiting_unreachable(c) == {}
         assert LINK not in worker.paused
     finally:
         ctx.close()

@@ -63,6 +63,11 @@ class LinkOut(BaseModel):
     oldest_waiting_at: UtcDatetime | None = Field(
         description="when the oldest pending or running message was queued"
     )
+    paused_messages: int = Field(
+        0,
+        description="messages waiting because a system did not answer (attempts unspent); "
+        "more than 0 means the link is paused until the system answers",
+    )
     last_run: RunOut | None
 
 

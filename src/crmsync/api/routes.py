@@ -106,6 +106,7 @@ def _links(ctx: ServiceContext, only: str | None = None) -> list[LinkOut]:
     with st.connect() as c:
         counts = st.queue_counts_by_link(c)
         oldest = st.oldest_waiting(c)
+        paused = st.waiting_unreachable(c)
         last = st.last_runs(c)
     out = []
     for name, lc in ctx.config.links.items():
@@ -126,6 +127,7 @@ def _links(ctx: ServiceContext, only: str | None = None) -> list[LinkOut]:
                 next_run_at=s.get("next_run_at"),
                 queue=QueueCounts(**counts.get(name, {})),
                 oldest_waiting_at=oldest.get(name),
+                paused_messages=paused[name][0] if name in paused else 0,
                 last_run=_run(last[name]) if name in last else None,
             )
         )

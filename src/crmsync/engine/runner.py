@@ -33,7 +33,7 @@ from crmsync.engine.link import CompiledLink, compile_link
 from crmsync.engine.retry import RetryPolicy
 from crmsync.errors import SystemUnavailable
 from crmsync.model import Action, Outcome, Side
-from crmsync.state.store import StateStore, utcnow
+from crmsync.state.store import UNREACHABLE, StateStore, utcnow
 
 # progress(link, phase, done, total)
 Progress = Callable[[str, str, int, int | None], None]
@@ -401,14 +401,14 @@ class Engine:
         items = [WorkItem(Side(m.side), m.record_id, m.id) for m in msgs]
         try:
             res = applier.apply(items)
-        except SystemUnavailable:
+        except SystemUnavailable as exc:
             # Unreachable: wait without spending attempts; the caller pauses.
             with self.state.begin() as c:
                 self.state.release_messages(
                     c,
                     [m.id for m in msgs],
                     available_at=utcnow() + timedelta(seconds=self.retry.initial),
-                    error="system unreachable",
+                    error=f"{UNREACHABLE}: {exc.user_message}",
                     spend_attempt=False,
                     max_attempts=self.retry.max_attempts,
                 )

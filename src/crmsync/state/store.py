@@ -771,6 +771,18 @@ class StateStore:
             out.setdefault(link, {})[status] = n
         return out
 
+    def waiting_unreachable(self, c: sa.Connection) -> dict[str, tuple[int, str]]:
+        """Per link, pending messages put back because a system did not answer, and
+        the newest reason: the link is paused until they get through (seen alike by
+        every worker on any machine, since it is in the queue itself)."""
+        m = S.messages
+        q = (
+            sa.select(m.c.link, sa.func.count(), sa.func.max(m.c.last_error))
+            .where(m.c.status == "pending", m.c.last_error.startswith(UNREACHABLE))
+            .group_by(m.c.link)
+        )
+        return {link: (int(n), str(why)) for link, n, why in c.execute(q)}
+
     def oldest_waiting(self, c: sa.Connection) -> dict[str, datetime]:
         """Per link, when its oldest message still waiting (pending or running) was queued."""
         m = S.messages
@@ -1267,6 +1279,9 @@ PUSHED_COLUMNS = ("system", "object", "record_id", "fields", "deleted", "seq", "
 OUTCOME_COLUMNS = (
     "run_id", "link", "source_ref", "target_ref", "action", "status", "fields", "message", "at",
 )
+# The error a message is put back with when its system does not answer (no
+# attempt spent): such messages mark their link as paused.
+UNREACHABLE = "system unreachable"
 # SQLAlchemy's SQLite DateTime text form, so text comparisons stay ordered.
 _TS = "%Y-%m-%d %H:%M:%S.%f"
 
