@@ -120,6 +120,19 @@ def _queue_left(state_url: str) -> int:
         e.dispose()
 
 
+def _left_detail(state_url: str) -> list[tuple[object, ...]]:
+    """What is left, for the failure message: status, attempts, lease, error."""
+    e = sa.create_engine(state_url)
+    try:
+        with e.connect() as c:
+            return [tuple(r) for r in c.exec_driver_sql(
+                "SELECT status, attempts, claimed_by, lease_until, last_error, count(*)"
+                " FROM crmsync_messages GROUP BY 1, 2, 3, 4, 5 LIMIT 20"
+            )]
+    finally:
+        e.dispose()
+
+
 def _run(
     tmp: Path, workers: int, kills: int, latency: float = 0.02
 ) -> tuple[float, int, int]:
@@ -164,7 +177,9 @@ def _run(
             while _queue_left(state_url) and time.monotonic() < deadline:
                 time.sleep(0.1)
             elapsed = time.monotonic() - t_start
-            assert _queue_left(state_url) == 0, "the workers did not drain the queue"
+            assert _queue_left(state_url) == 0, (
+                f"the workers did not drain the queue: {_left_detail(state_url)}"
+            )
         finally:
             for p in procs:
                 p.send_signal(signal.SIGTERM)
