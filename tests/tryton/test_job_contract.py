@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from standardwebhooks import Webhook
 from trytonenv import TrytonServer
 from webhooks.hookenv import Server, new_secret
@@ -25,7 +26,10 @@ from crmsync.api.app import create_app
 from crmsync.api.auth import create_token
 from crmsync.config.secrets import clear_secrets
 from crmsync.connectors.tryton_rpc import TrytonRPC
+from crmsync.engine.erase import erase
+from crmsync.model import RecordRef
 from crmsync.service.context import ServiceContext
+from crmsync.state import schema as S
 from crmsync.state.store import utcnow
 
 CONFIG = """\
@@ -52,7 +56,7 @@ systems:
     password: ${{TRYTON_PASSWORD}}
     objects:
       company: {{}}
-      person: {{}}
+      person: {{anonymize: {{name: Erased person, email: erased@invalid.example}}}}
       deal: {{}}
 links:
   contracts:
@@ -227,3 +231,43 @@ def test_signed_contract_reaches_the_deal_and_its_related_records_once(
     assert counts.get("updated", 0) == 0 and counts.get("failed", 0) == 0, counts
     assert j.read("sale.opportunity", deal, ["last_modified_at"]) == stamp
     assert len(j.notes("sale.opportunity", deal)) == 1
+
+
+def test_erasing_the_signer_reaches_through_the_deal(job: tuple[Job, dict[str, int]]) -> None:
+    """The person was only ever written through the deal's ``contact.`` ref: erasing
+    them still removes their values from Tryton's notes and crmsync's state, and a
+    later signing never writes them back."""
+    j, ids = job
+    deal, pat = ids["deal"], ids["pat"]
+    doc = {"deal_ref": "D-17", "amount": "900.00", "probability": "0.9",
+           "billing_street": "1 Sign Street", "billing_city": "Signcity",
+           "signer_email": "pat@signed.test"}
+    j.push("created", status="sent", **doc)
+    j.push("updated", status="signed", **doc)
+    j.sync()
+    assert j.read("party.party", pat, ["email"])["email"] == "pat@signed.test"
+    assert len(j.notes("sale.opportunity", deal)) == 1
+
+    rep = erase(j.ctx.config, j.ctx.state, j.ctx.connectors,
+                RecordRef("crm", "person", str(pat)), "dpo@example.com")
+    assert [r.result for r in rep.records] == ["anonymized"]
+    got = j.read("party.party", pat, ["name", "email"])
+    assert (got["name"], got["email"]) == ("Erased person", "erased@invalid.example")
+    assert j.notes("sale.opportunity", deal) == []  # it named the person's email
+    with j.ctx.state.connect() as c:
+        for table in (S.identities, S.outcomes, S.activities, S.messages):
+            dump = " ".join(str(v) for row in c.execute(sa.select(table)) for v in row)
+            assert "pat@signed.test" not in dump, table.name
+
+    # The e-sign system still has the old document: a new signing round updates
+    # the deal but never writes the erased person's email back.
+    j.push("updated", status="sent", **{**doc, "amount": "950.00"})
+    j.sync()  # the trigger sees it leave "signed" ...
+    j.push("updated", status="signed", **{**doc, "amount": "950.00"})  # ... and enter again
+    counts = j.sync()
+    assert counts.get("updated") == 1, counts
+    assert j.read("sale.opportunity", deal, ["amount"])["amount"] == Decimal("950.00")
+    assert j.read("party.party", pat, ["email"])["email"] == "erased@invalid.example"
+    [note] = j.notes("sale.opportunity", deal)
+    assert f"contact.email: the related record crm.person:{pat} was erased (GDPR)" in note
+    assert "pat@signed.test" not in note

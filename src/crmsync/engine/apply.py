@@ -201,6 +201,10 @@ class Applier:
         tids.extend(matched.values())
         targets = self.target.read(self.tobj, tids) if tids else {}
 
+        # GDPR: related records (a deal's person) that were erased are never written
+        # through a ref again, whatever the source still holds.
+        erased_related = self._erased_related(targets)
+
         decided: list[_Pending] = []
         creates: list[dict[str, Any]] = []
         t_updates: list[tuple[str, dict[str, Any]]] = []
@@ -267,6 +271,8 @@ class Applier:
                 first = False
             newer = _newer(rec.version, trec.version)
             m = merge(link.plans, rec.values, trec.values, base, link.policy, newer)
+            if self.refs:
+                self._hold_refs(trec, m, base, erased_related)
             wrote = bool(m.target_updates or m.source_updates)
             _remember_rejections(m.shadow, m.fields)
             action = Action.UPDATED if wrote else (Action.MATCHED if first else Action.UNCHANGED)
@@ -390,6 +396,43 @@ class Applier:
         if self.activities:
             self.deliver_activities()
         return res
+
+    def _related_ref(self, trec: Record, ref: str) -> str | None:
+        rid = trec.values.get(ref)
+        return None if rid is None else f"{self.tsystem}.{self.refs[ref]}:{rid}"
+
+    def _erased_related(self, targets: dict[str, Record]) -> set[str]:
+        if not self.refs or not targets:
+            return set()
+        refs = {
+            r for trec in targets.values() for ref in self.refs
+            if (r := self._related_ref(trec, ref)) is not None
+        }
+        with self.state.connect() as c:
+            return self.state.erased_refs(c, refs) if refs else set()
+
+    def _hold_refs(
+        self, trec: Record, m: Any, base: dict[str, Any] | None, erased: set[str]
+    ) -> None:
+        """Drop writes through a ref that points nowhere or to an erased record, and
+        say so per field: the rest of the record is still written."""
+        for ref in self.refs:
+            rref = self._related_ref(trec, ref)
+            if rref is None:
+                why = f"no related {self.refs[ref]} to update ({ref} is empty)"
+            elif rref in erased:
+                why = f"the related record {rref} was erased (GDPR)"
+            else:
+                continue
+            prefix = f"{ref}."
+            for key in [k for k in m.target_updates if k.startswith(prefix)]:
+                del m.target_updates[key]
+                m.shadow[key] = (base or {}).get(key)
+            for f in m.fields:
+                if f.field.startswith(prefix) and f.status is FieldStatus.UPDATED:
+                    f.status = FieldStatus.REJECTED
+                    f.reason = why
+                    f.side = None
 
     def _activity_row(
         self, out: Outcome, trec: Record | None, now: Any, rows: list[dict[str, Any]]

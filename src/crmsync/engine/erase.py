@@ -148,7 +148,7 @@ def erase(
         raise
 
     with state.begin() as c:
-        scrubbed = _scrub(config, state, c, plans, results, now)
+        scrubbed = _scrub(config, state, connectors, c, plans, results, now)
         scrubbed["notes_removed"] = notes
         scrubbed["logged"] = _record(config, state, c, group, now)
         state.add_audit(
@@ -265,6 +265,7 @@ def _write(conn: Connector, ref: RecordRef, values: dict[str, Any]) -> RecordEra
 def _scrub(
     config: Config,
     state: StateStore,
+    connectors: dict[str, Connector],
     c: Any,
     plans: list[_Plan],
     results: list[RecordErasure],
@@ -307,9 +308,59 @@ def _scrub(
         counts["messages"] += state.delete_record_messages(c, name, "source", sids)
         counts["messages"] += state.delete_record_messages(c, name, "target", tids)
         counts["trigger_seen"] += state.delete_trigger_seen(c, name, sids)
-    counts["outcomes"] = state.erase_outcome_values(c, refs, ERASED_TEXT)
+    through = _scrub_written_through_refs(config, state, connectors, c, plans, canon)
+    counts["identities"] += len(through)
+    counts["outcomes"] = state.erase_outcome_values(c, refs + through, ERASED_TEXT)
     counts["activities"] = state.erase_activity_text(c, refs, ERASED_TEXT)
     return counts
+
+
+def _scrub_written_through_refs(
+    config: Config,
+    state: StateStore,
+    connectors: dict[str, Connector],
+    c: Any,
+    plans: list[_Plan],
+    canon: dict[tuple[str, str], dict[str, Any]],
+) -> list[str]:
+    """Pairs that wrote into an erased record through a ref (a deal's ``contact.email``
+    into its person) keep those values in their shadow and log: scrub them too.
+
+    Found through the timeline, whose entries name the related records they
+    reached. Returns the refs of the target records whose log must be scrubbed.
+    """
+    erased = {str(p.ref): p for p in plans}
+    scrubbed: list[str] = []
+    for link, record_ref in sorted(state.activities_mentioning(c, list(erased))):
+        lc = config.links.get(link)
+        if lc is None or record_ref in erased or not record_ref.startswith(lc.target + ":"):
+            continue
+        conn = connectors.get(lc.target_system)
+        refs = conn.refs(lc.target_object) if conn is not None else {}
+        objects = {p.ref.object for p in plans if p.ref.system == lc.target_system}
+        prefixes = [f"{ref}." for ref, obj in refs.items() if obj in objects]
+        if not prefixes:
+            continue
+        tid = record_ref[len(lc.target) + 1:]
+        idents = state.identities_by_target(c, link, [tid])
+        rows = []
+        for ident in idents.values():
+            shadow = dict(ident.shadow)
+            for key in list(shadow):
+                head = next((p for p in prefixes if key.startswith(p)), None)
+                if key.startswith("~"):
+                    shadow.pop(key)  # rejection reasons quote values
+                elif head is not None:
+                    anon = canon.get((lc.target_system, refs[head[:-1]]), {})
+                    shadow[key] = anon.get(key[len(head):])
+            rows.append({
+                "source_id": ident.source_id, "target_id": ident.target_id,
+                "shadow": shadow, "source_version": ident.source_version,
+                "target_version": ident.target_version, "deleted": ident.deleted,
+            })
+        state.save_identities(c, link, rows)
+        scrubbed.append(record_ref)
+    return scrubbed
 
 
 def _anonymize_pushed(

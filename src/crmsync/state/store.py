@@ -1227,6 +1227,19 @@ class StateStore:
             *[a.c.mentions.contains(f" {r} ", autoescape=True) for r in refs],
         )
 
+    def activities_mentioning(
+        self, c: sa.Connection, refs: Sequence[str]
+    ) -> set[tuple[str, str]]:
+        """``(link, record_ref)`` of entries naming ``refs`` as a related record."""
+        a = S.activities
+        out: set[tuple[str, str]] = set()
+        for chunk in _chunks(list(dict.fromkeys(refs)), 100):
+            q = sa.select(a.c.link, a.c.record_ref).where(
+                sa.or_(*[a.c.mentions.contains(f" {r} ", autoescape=True) for r in chunk])
+            )
+            out.update((str(x[0]), str(x[1])) for x in c.execute(q))
+        return out
+
     def delivered_activities_of(self, c: sa.Connection, refs: Sequence[str]) -> list[
         tuple[str, str]
     ]:
