@@ -120,6 +120,10 @@ class Applier:
         self.dry_run = dry_run
         self.worker = worker
         self.activities = not dry_run and target.capabilities.activities
+        # Whether notes may be waiting for delivery: checked once at the start (a
+        # backlog from an earlier run), then only after new ones or a failed try,
+        # so a quiet batch costs no extra state query.
+        self._notes_waiting = self.activities
         self.refs = target.refs(self.tobj)
 
     # ------------------------------------------------------------------
@@ -393,7 +397,9 @@ class Applier:
                     )
             if on_commit is not None:
                 on_commit(c)
-        if self.activities:
+        if activity_rows and self.activities:
+            self._notes_waiting = True
+        if self._notes_waiting:
             self.deliver_activities()
         return res
 
@@ -472,6 +478,7 @@ class Applier:
         with self.state.connect() as c:
             todo = self.state.undelivered_activities(c, self.link.name, self.tprefix, limit)
         if not todo:
+            self._notes_waiting = False
             return 0
         items = [(ref[len(self.tprefix):], text) for _, ref, text in todo]
         try:
@@ -479,6 +486,7 @@ class Applier:
         except Exception as exc:  # a note must never fail the sync itself
             log.warning("link %s: timeline notes not delivered yet: %s", self.link.name, exc)
             return 0
+        self._notes_waiting = len(todo) >= limit  # more than one page was waiting
         ext += [None] * (len(todo) - len(ext))
         with self.state.begin() as c:
             self.state.mark_activities_delivered(

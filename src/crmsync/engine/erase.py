@@ -291,18 +291,7 @@ def _scrub(
             continue
         pairs = state.identity_pairs(c, name, source_ids=sids, target_ids=tids)
         idents = state.identities_by_source(c, name, [s for s, _ in pairs])
-        rows = []
-        for ident in idents.values():
-            rows.append(
-                {
-                    "source_id": ident.source_id,
-                    "target_id": ident.target_id,
-                    "shadow": _scrubbed_shadow(lc, ident.shadow, canon),
-                    "source_version": ident.source_version,
-                    "target_version": ident.target_version,
-                    "deleted": ident.deleted,
-                }
-            )
+        rows = [ident.row(_scrubbed_shadow(lc, ident.shadow, canon)) for ident in idents.values()]
         state.save_identities(c, name, rows)
         counts["identities"] += len(rows)
         counts["messages"] += state.delete_record_messages(c, name, "source", sids)
@@ -353,11 +342,7 @@ def _scrub_written_through_refs(
                 elif head is not None:
                     anon = canon.get((lc.target_system, refs[head[:-1]]), {})
                     shadow[key] = anon.get(key[len(head):])
-            rows.append({
-                "source_id": ident.source_id, "target_id": ident.target_id,
-                "shadow": shadow, "source_version": ident.source_version,
-                "target_version": ident.target_version, "deleted": ident.deleted,
-            })
+            rows.append(ident.row(shadow))
         state.save_identities(c, link, rows)
         scrubbed.append(record_ref)
     return scrubbed

@@ -58,6 +58,17 @@ class Identity:
     target_version: str | None
     deleted: bool
 
+    def row(self, shadow: dict[str, Any]) -> dict[str, Any]:
+        """This pair as a ``save_identities`` row with another shadow (erasure scrubs)."""
+        return {
+            "source_id": self.source_id,
+            "target_id": self.target_id,
+            "shadow": shadow,
+            "source_version": self.source_version,
+            "target_version": self.target_version,
+            "deleted": self.deleted,
+        }
+
 
 class StateStore:
     """Access to one state database."""
@@ -1220,12 +1231,14 @@ class StateStore:
         if done:
             c.execute(stmt, [{"aid": i, "ext": ext} for i, ext in done])
 
+    @staticmethod
+    def _mentioning(refs: Sequence[str]) -> Any:
+        """Entries whose ``mentions`` name one of ``refs``."""
+        m = S.activities.c.mentions
+        return sa.or_(*[m.contains(f" {r} ", autoescape=True) for r in refs])
+
     def _activity_refs(self, refs: Sequence[str]) -> Any:
-        a = S.activities
-        return sa.or_(
-            a.c.record_ref.in_(list(refs)),
-            *[a.c.mentions.contains(f" {r} ", autoescape=True) for r in refs],
-        )
+        return sa.or_(S.activities.c.record_ref.in_(list(refs)), self._mentioning(refs))
 
     def activities_mentioning(
         self, c: sa.Connection, refs: Sequence[str]
@@ -1234,9 +1247,7 @@ class StateStore:
         a = S.activities
         out: set[tuple[str, str]] = set()
         for chunk in _chunks(list(dict.fromkeys(refs)), 100):
-            q = sa.select(a.c.link, a.c.record_ref).where(
-                sa.or_(*[a.c.mentions.contains(f" {r} ", autoescape=True) for r in chunk])
-            )
+            q = sa.select(a.c.link, a.c.record_ref).where(self._mentioning(chunk))
             out.update((str(x[0]), str(x[1])) for x in c.execute(q))
         return out
 
