@@ -72,3 +72,21 @@ def test_installed_command_prints_the_version(tmp_path: Path) -> None:
     )
     assert r.returncode == 0, r.stderr
     assert r.stdout == f"crmsync {version('crmsync')}\n"
+
+
+def test_license_file_is_the_apache_license_pyproject_declares() -> None:
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["license"]
+    assert declared == "Apache-2.0"
+    text = (ROOT / "LICENSE").read_text()
+    assert " ".join(text.split()[:4]) == "Apache License Version 2.0,"
+    # The whole text, not a stub: every section of the terms and the appendix.
+    sections = [
+        "1. Definitions.", "2. Grant of Copyright License.", "3. Grant of Patent License.",
+        "4. Redistribution.", "5. Submission of Contributions.", "6. Trademarks.",
+        "7. Disclaimer of Warranty.", "8. Limitation of Liability.",
+        "9. Accepting Warranty or Additional Liability.", "END OF TERMS AND CONDITIONS",
+        "APPENDIX: How to apply the Apache License to your work.",
+    ]
+    positions = [text.index(s) for s in sections]
+    assert positions == sorted(positions)
+    assert len(text.split()) > 1500
