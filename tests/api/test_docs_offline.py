@@ -164,8 +164,13 @@ def test_untrusted_text_is_escaped() -> None:
             "/a/{id}": {
                 "get": {
                     "summary": 'say "<img src=//evil.example/x>"',
-                    "parameters": [{"name": "id", "in": "path", "required": True,
-                                    "schema": {"type": "string", "pattern": "^<a>$"}}],
+                    "parameters": [
+                        {"name": "id", "in": "path", "required": True,
+                         "schema": {"type": "string", "pattern": "^<a>$"}},
+                        # An optional parameter: its limits sit inside anyOf.
+                        {"name": "q", "in": "query", "schema": {"anyOf": [
+                            {"type": "string", "maxLength": 7}, {"type": "null"}]}},
+                    ],
                     "responses": {"200": {"description": "ok"}},
                 },
             },
@@ -176,4 +181,5 @@ def test_untrusted_text_is_escaped() -> None:
     assert page.scripts == 0
     assert not any(tag == "img" for tag, _, _ in page.urls)
     assert "&lt;script&gt;" in text and "&lt;img" in text and "^&lt;a&gt;$" in text
+    assert "max length <code>7</code>" in text
     assert page.headings == ["GET /a/{id}"]

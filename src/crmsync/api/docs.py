@@ -71,6 +71,10 @@ def _type(schema: dict[str, Any]) -> str:
 
 def _constraints(schema: dict[str, Any]) -> str:
     parts = []
+    # An optional parameter keeps its limits inside `anyOf: [{...}, {type: null}]`.
+    for alt in schema.get("anyOf", []):
+        if alt.get("type") != "null" and (inner := _constraints(alt)):
+            parts.append(inner)
     for key, label in (
         ("minimum", "≥"), ("maximum", "≤"), ("minLength", "min length"),
         ("maxLength", "max length"), ("pattern", "pattern"),
@@ -111,7 +115,7 @@ def _operation(method: str, path: str, op: dict[str, Any], auth: str) -> list[st
         )
         for p in params:
             schema = p.get("schema", {})
-            desc = " ".join(
+            desc = "; ".join(
                 x for x in (_text(p.get("description", "")), _constraints(schema)) if x
             )
             out.append(
@@ -147,7 +151,7 @@ def _schema(name: str, schema: dict[str, Any]) -> list[str]:
         "<table><tr><th>field</th><th>type</th><th>required</th><th>description</th></tr>"
     )
     for field, spec in props.items():
-        desc = " ".join(x for x in (_text(spec.get("description", "")), _constraints(spec)) if x)
+        desc = "; ".join(x for x in (_text(spec.get("description", "")), _constraints(spec)) if x)
         out.append(
             f"<tr><td><code>{html.escape(field)}</code></td><td>{_type(spec)}</td>"
             f"<td>{'yes' if field in required else 'no'}</td><td>{desc}</td></tr>"
