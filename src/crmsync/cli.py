@@ -36,6 +36,32 @@ app = typer.Typer(
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
+
+def _print_version(value: bool) -> None:
+    # Eager: runs while the arguments are parsed, before any command loads a config.
+    if not value:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        typer.echo(f"crmsync {version('crmsync')}")
+    except PackageNotFoundError:
+        typer.echo("crmsync (version unknown: the package is not installed)")
+    raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, callback=_print_version,
+            help="Print crmsync's version and exit.",
+        ),
+    ] = False,
+) -> None:
+    pass
+
 ConfigOpt = Annotated[Path, typer.Option("-c", "--config", help="config file", show_default=True)]
 LinkOpt = Annotated[str | None, typer.Option("--link", help="only this link")]
 

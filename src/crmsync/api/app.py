@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from crmsync.api.docs import add_docs
 from crmsync.api.hooks import build_router as build_hooks_router
 from crmsync.api.routes import build_api_router, build_public_router
 from crmsync.config.secrets import redact
@@ -68,12 +69,17 @@ def create_app(ctx: ServiceContext) -> FastAPI:
             "Send `Authorization: Bearer TOKEN` (crmsync token create); viewers read, "
             "admins switch links, trigger syncs and retry."
         ),
+        # Swagger UI and ReDoc load their assets from a CDN: blank without internet.
+        # /docs is our own self-contained page instead (crmsync.api.docs).
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.ctx = ctx
     routers = [build_public_router(ctx), build_api_router(ctx)]
     routers.append(build_hooks_router(ctx))
     for r in routers:
         app.include_router(r)
+    add_docs(app)
     app.add_middleware(_RedactedErrors)
 
     @app.exception_handler(sqlalchemy.exc.OperationalError)
