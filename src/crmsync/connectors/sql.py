@@ -33,12 +33,10 @@ from crmsync.model import FieldSpec, FieldType, ObjectSpec, Record
 
 # Rows per IN list / per multi-row statement: well under every backend's bind limit.
 CHUNK = 500
-# SQLite text stamps that sort like the time they name (YYYY-MM-DD...).
-_ISO_GLOB = "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]*"
 
 # MySQL/MariaDB error numbers that mean "the server cannot be used right now"
 # (too many connections, shutdown in progress, lock wait timeout, deadlock);
-# every client-side error (>= 2000: refused, gone away, lost) counts too.
+# every client-side error (2000-2999: refused, gone away, lost) counts too.
 _MYSQL_TRANSIENT = {1040, 1053, 1205, 1213}
 # SQLite "operational" errors that are about reaching the file, not the data.
 _SQLITE_TRANSIENT = ("locked", "busy", "unable to open", "disk i/o")
@@ -310,7 +308,9 @@ class SqlConnector(Connector):
         if self._dialect in ("mysql", "mariadb"):
             args = getattr(exc.orig, "args", ())
             code = args[0] if args and isinstance(args[0], int) else 0
-            return code >= 2000 or code in _MYSQL_TRANSIENT
+            # Client errors are 2000-2999; MariaDB's own server errors go past
+            # 4000 (4025: a CHECK constraint failed) and are about the data.
+            return 2000 <= code < 3000 or code in _MYSQL_TRANSIENT
         # PostgreSQL (psycopg): data problems are DataError/IntegrityError;
         # OperationalError is connection, resources, shutdown, cancel.
         return True
@@ -449,9 +449,14 @@ class SqlConnector(Connector):
             ts_expr = sa.type_coerce(ts_col, sa.String())
             raw_idx = len(sel)
             sel.append(ts_expr)
-            # Only ISO-shaped text sorts like time ('31/12/1999' sorts after every
-            # 2xxx stamp, 'not a date' after all): the rest never becomes a cursor.
-            ts_valid = ts_expr.op("GLOB")(_ISO_GLOB)
+            # Only text SQLite reads as a time sorts like one ('31/12/1999' sorts
+            # after every 2xxx stamp, 'not a date' after all): the rest never
+            # becomes a cursor. A text that SQLite reads and Python does not
+            # ('2026-02-30') still sorts in its place: reported, then passed.
+            ts_valid = sa.and_(
+                sa.func.typeof(ts_expr) == "text",
+                sa.func.datetime(ts_expr).is_not(None),
+            )
             ts_sep = self._sqlite_ts_sep(table, ts_expr, ts_valid)
             if ts_sep == "T" and isinstance(ts_col.type, sa.DateTime):
                 # Stamp in the table's own format so text order stays time order.

@@ -79,6 +79,9 @@ class _Pending:
 # Shadow entry remembering which fields were refused and why, so a value that
 # stays unconvertible is reported once, not on every re-read.
 REJECTED_KEY = "~rejected"
+# Shadow entry: target field -> the (canonical) value the target refused to take,
+# so an unchanged refused value is not tried again on every re-read.
+REFUSED_KEY = "~refused"
 
 
 def _remember_rejections(shadow: dict[str, Any], fields: list[FieldOutcome]) -> None:
@@ -87,6 +90,31 @@ def _remember_rejections(shadow: dict[str, Any], fields: list[FieldOutcome]) -> 
         shadow[REJECTED_KEY] = rejected
     else:
         shadow.pop(REJECTED_KEY, None)
+
+
+def _hold_refused(m: Any, base: dict[str, Any]) -> None:
+    """A value the target refused last time and still the one to write is not sent
+    again: the field stays rejected with the same reason, so an unchanged record
+    stays quiet. Any other value of that field is tried (and forgotten here)."""
+    refused: dict[str, Any] = dict(base[REFUSED_KEY])
+    reasons = base.get(REJECTED_KEY, {})
+    for f in m.fields:
+        if f.field not in refused:
+            continue
+        if f.status is FieldStatus.UPDATED and f.side == "target" and f.new == refused[f.field]:
+            m.target_updates.pop(f.field, None)
+            if f.field in base:
+                m.shadow[f.field] = base[f.field]
+            else:
+                m.shadow.pop(f.field, None)
+            f.status = FieldStatus.REJECTED
+            f.reason = reasons.get(f.field, "refused by the target")
+        else:
+            del refused[f.field]
+    if refused:
+        m.shadow[REFUSED_KEY] = refused
+    else:
+        m.shadow.pop(REFUSED_KEY, None)
 
 
 def _v(version: Any) -> str | None:
@@ -279,6 +307,8 @@ class Applier:
             m = merge(link.plans, rec.values, trec.values, base, link.policy, newer)
             if self.refs:
                 self._hold_refs(trec, m, base, erased_related)
+            if base and REFUSED_KEY in base:
+                _hold_refused(m, base)
             wrote = bool(m.target_updates or m.source_updates)
             _remember_rejections(m.shadow, m.fields)
             action = Action.UPDATED if wrote else (Action.MATCHED if first else Action.UNCHANGED)
@@ -431,6 +461,8 @@ class Applier:
             "source": self.sprefix.partition(".")[0],
         }
 
+        refused_values: dict[str, Any] = {}
+
         def restore(key: str) -> None:
             if shadow is None:
                 return
@@ -441,6 +473,8 @@ class Applier:
 
         if p.create_index is not None:
             for name, why in target.items():
+                if shadow is not None:
+                    refused_values[name] = shadow.get(name)
                 restore(name)
                 reason = f"refused by {system['target']}: {why}"
                 out.fields.append(FieldOutcome(name, FieldStatus.REJECTED, reason=reason))
@@ -453,10 +487,14 @@ class Applier:
             if why is None:
                 continue
             restore(f.field if f.side == "target" else key_of.get(f.field, f.field))
+            if f.side == "target":
+                refused_values[f.field] = f.new
             f.status = FieldStatus.REJECTED
             f.reason = f"refused by {system[f.side or 'target']}: {why}"
         if shadow is not None:
             _remember_rejections(shadow, out.fields)
+            if refused_values:
+                shadow[REFUSED_KEY] = {**shadow.get(REFUSED_KEY, {}), **refused_values}
         if out.action is Action.UPDATED and not any(
             f.status in (FieldStatus.UPDATED, FieldStatus.CONFLICT) for f in out.fields
         ):
