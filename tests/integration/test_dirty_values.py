@@ -288,6 +288,37 @@ def test_incremental_dirty_values_reject_the_field_only(sysdb: Sys) -> None:
     assert len(sysdb.log()) == before
 
 
+def test_a_change_to_only_a_dirty_value_is_logged_counted_and_on_the_timeline(
+    sys_nostamp: Sys,
+) -> None:
+    sysdb = sys_nostamp
+    col, lit, why = next(d for d in DIRTY[sysdb.backend] if d[0] == "born")
+    sysdb.seed(3, now() - timedelta(days=1))
+    sysdb.sync()
+    sysdb.raw(2, **{col: lit}, changed_at=f"'{now() + timedelta(seconds=5)}'")
+    p = sysdb.plan()  # the incremental dry run reads it too, and says so
+    assert p.counts["rejected"] == 1 and p.counts["updated"] == 0
+    r = sysdb.sync()
+    assert r.counts["rejected"] == 1 and r.counts["updated"] == 0
+    (o,) = sysdb.log(status="rejected")  # the count is findable in the log
+    assert o["source_ref"] == "src.person:2" and o["action"] == "rejected"
+    f = _field(o, "born")
+    assert f["status"] == "rejected" and why in f["reason"]
+    assert sysdb.target()[2]["born"] == date(1990, 1, 3)  # kept, not overwritten
+    st = StateStore(f"sqlite:///{sysdb.state_path}")
+    try:
+        entry, created = st.activities(f"dst.contact:{sysdb.target()[2]['id']}")
+    finally:
+        st.close()
+    assert "record created" in created["text"]
+    assert "nothing updated" in entry["text"]
+    assert "Fields not updated: born: " in entry["text"] and why in entry["text"]
+    # Re-read unchanged (a full pass): the same refusal is not told again.
+    before = len(sysdb.log())
+    r = sysdb.sync(full=True)
+    assert r.counts["rejected"] == 0 and len(sysdb.log()) == before
+
+
 # Stamps that cannot order a change: never the cursor, invisible to incremental.
 UNORDERABLE = {
     "sqlite": "'not a date'",  # sorts after every digit

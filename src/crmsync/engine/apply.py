@@ -312,6 +312,12 @@ class Applier:
             wrote = bool(m.target_updates or m.source_updates)
             _remember_rejections(m.shadow, m.fields)
             action = Action.UPDATED if wrote else (Action.MATCHED if first else Action.UNCHANGED)
+            if action is Action.UNCHANGED and any(
+                f.status is FieldStatus.REJECTED for f in m.fields
+            ):
+                # Nothing written, but a value was refused: logged and counted as
+                # such (quiet below when it is the same refusal as last time).
+                action = Action.REJECTED
             out = Outcome(name, sid, tid, action, m.fields, matched=first)
             if (
                 not wrote
