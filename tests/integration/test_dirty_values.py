@@ -360,6 +360,23 @@ def test_rows_whose_cursor_cannot_be_read_are_reported_and_passed(sysdb: Sys) ->
     sysdb.edit(5, "2027-03-06 10:00:00", name="Later still")
     assert sysdb.sync().counts["updated"] == 1
     assert sysdb.target()[5]["name"] == "Later still"
+    if b in ORDERABLE:
+        # The cursor on an unreadable stamp (the last row): not reported again,
+        # and what comes after it is captured.
+        sysdb.edit(6, "2027-04-31 10:00:00", name="Last and unreadable")
+        assert sysdb.sync().counts["skipped"] == 1
+        assert sysdb.sync().counts["skipped"] == 0
+        sysdb.edit(1, "2027-05-01 10:00:00", name="After the last bad one")
+        assert sysdb.sync().counts["updated"] == 1
+        # One second before a good row: the lookback re-read does not repeat it.
+        sysdb.edit(3, "2027-06-31 23:59:59", name="Unreadable again")
+        sysdb.edit(4, "2027-07-01 00:00:00", name="Good, one second later")
+        r = sysdb.sync()
+        assert r.counts["skipped"] == 1 and r.counts["updated"] == 1
+        before = len(sysdb.log())
+        assert sysdb.sync().counts["skipped"] == 0
+        assert len(sysdb.log()) == before
+        assert len(sysdb.log(record="src.person:3", status="skipped")) == 2
     # A full sync reads every row by key: the unorderable row's values arrive,
     # its stamp (mapped to seen_at) is the one rejected field.
     seen_before = sysdb.target()[2]["seen_at"]

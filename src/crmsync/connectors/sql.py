@@ -646,6 +646,13 @@ class SqlConnector(Connector):
         # Only rows the database orders like a time may become the cursor.
         base = o.base_select if o.ts_valid is None else o.base_select.where(o.ts_valid)
         params: dict[str, Any] = {"n": limit}
+        if lookback and cursor is not None and cursor.get("ts") is not None:
+            try:
+                self._shift_ts(o, str(cursor["ts"]), lookback)
+            except ValueError:
+                # The cursor sits on a row whose stamp Python cannot read: no
+                # reaching back from there, resume strictly after it.
+                lookback = 0.0
         if cursor is None or cursor.get("ts") is None:
             stmt = self._stmt(
                 o,
@@ -697,13 +704,32 @@ class SqlConnector(Connector):
             "key": key if o.key_is_int else str(key),
         }
         unreadable: dict[str, str] = {}
-        for r in records:
+        for row, r in zip(rows, records, strict=True):
             why = self._unreadable_stamp(o, r.version)
             if why is not None:
                 unreadable[r.id] = why
+                if lookback and cursor and not self._after(o, row, r, cursor):
+                    # Read again by the lookback overlap: it was reported when
+                    # the cursor passed it (a good row there is applied quietly).
+                    unreadable[r.id] = ""
         if unreadable:
             records = [r for r in records if r.id not in unreadable]
+        unreadable = {k: v for k, v in unreadable.items() if v}
         return ChangePage(records, new_cursor, more=len(rows) >= limit, unreadable=unreadable)
+
+    def _after(self, o: _Obj, row: Any, rec: Record, cursor: Cursor) -> bool:
+        """Whether a row's position comes after ``cursor`` (as the query orders them).
+
+        Stamps are compared as ISO-like text: an unreadable one has no other form.
+        """
+        ts = self._cursor_ts(o, row, rec).replace("T", " ")
+        cts = str(cursor.get("ts")).replace("T", " ")
+        if ts != cts:
+            return ts > cts
+        key, ckey = rec.values[o.key_col.name], cursor.get("key")
+        if ckey is None:
+            return True
+        return bool(key > ckey) if o.key_is_int else str(key) > str(ckey)
 
     def start_cursor(self, obj: str) -> Cursor | None:
         o = self._obj(obj)
