@@ -46,6 +46,7 @@ people = sa.Table(
     sa.Column("code", sa.String(10)),
     sa.Column("changed_at", sa.DateTime),
     sa.Index("ix_people_changed", "changed_at", "id"),
+    sa.CheckConstraint("code IS NULL OR code <> 'BAD'", name="code_not_bad"),
 )
 contact = sa.Table(
     "contact",
@@ -136,13 +137,19 @@ def now() -> datetime:
 class Sys:
     """One database holding both systems' tables, a state database and a config."""
 
-    def __init__(self, tmp: Path, url: str, backend: str, fields: list[tuple[str, str]]) -> None:
+    def __init__(
+        self, tmp: Path, url: str, backend: str, fields: list[tuple[str, ...]]
+    ) -> None:
         self.tmp, self.url, self.backend = tmp, url, backend
         self.db = sa.create_engine(url)
         md.create_all(self.db)
         self.state_path = tmp / "state.db"
         self.config = tmp / "crmsync.yaml"
-        lines = "\n".join(f"      - {{source: {s}, target: {t}}}" for s, t in fields)
+        lines = "\n".join(
+            f"      - {{source: {f[0]}, target: {f[1]}"
+            + (f", direction: {f[2]}}}" if len(f) > 2 else "}")
+            for f in fields
+        )
         self.config.write_text(CONFIG.format(state=self.state_path, url=url, fields=lines))
 
     def seed(self, n: int, stamp: datetime) -> None:
@@ -501,6 +508,40 @@ def test_values_the_target_refuses_are_rejected_fields_not_failed_records(
     assert _field(o, "qty") == {
         "field": "qty", "status": "updated", "side": "target", "old": None, "new": 8
     }
+
+
+def test_a_value_the_source_refuses_on_a_backward_field(
+    db_url: str, backend: str, tmp_path: Path
+) -> None:
+    s = Sys(tmp_path, db_url, backend, [("name", "name"), ("code", "code", "backward")])
+    try:
+        s.seed(2, now() - timedelta(days=1))
+        s.sync()
+        with s.db.begin() as c:  # the CRM side sets a code the ERP's CHECK refuses
+            c.execute(contact.update().where(contact.c.ext == 1).values(
+                code="BAD", updated_at=now() + timedelta(seconds=5)))
+        r = s.sync()
+        assert r.counts["failed"] == 0 and r.counts["rejected"] == 1
+        (o,) = s.log(record="src.person:1")[:1]
+        assert o["action"] == "rejected" and o["status"] == "rejected"
+        f = _field(o, "code")
+        assert f["status"] == "rejected" and f["side"] == "source"
+        assert f["reason"].startswith("refused by src: ") and "code_not_bad" in f["reason"].lower()
+        with s.db.connect() as c:
+            assert c.execute(sa.select(people.c.code).where(people.c.id == 1)).scalar() == "K001"
+        # Re-read (lookback) unchanged: not sent again, nothing new in the log.
+        before = len(s.log())
+        r = s.sync()
+        assert r.counts["rejected"] == 0 and len(s.log()) == before
+        # A value the source takes goes back.
+        with s.db.begin() as c:
+            c.execute(contact.update().where(contact.c.ext == 1).values(
+                code="K101", updated_at=now() + timedelta(seconds=10)))
+        assert s.sync().counts["updated"] == 1
+        with s.db.connect() as c:
+            assert c.execute(sa.select(people.c.code).where(people.c.id == 1)).scalar() == "K101"
+    finally:
+        s.close()
 
 
 def test_check_refuses_text_into_binary_and_accepts_binary(sysdb: Sys, tmp_path: Path) -> None:

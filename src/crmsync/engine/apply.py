@@ -79,8 +79,9 @@ class _Pending:
 # Shadow entry remembering which fields were refused and why, so a value that
 # stays unconvertible is reported once, not on every re-read.
 REJECTED_KEY = "~rejected"
-# Shadow entry: target field -> the (canonical) value the target refused to take,
-# so an unchanged refused value is not tried again on every re-read.
+# Shadow entry: side ("target"/"source") -> field -> the (canonical) value that
+# system refused to take, so an unchanged refused value is not sent again on
+# every re-read.
 REFUSED_KEY = "~refused"
 
 
@@ -92,25 +93,30 @@ def _remember_rejections(shadow: dict[str, Any], fields: list[FieldOutcome]) -> 
         shadow.pop(REJECTED_KEY, None)
 
 
-def _hold_refused(m: Any, base: dict[str, Any]) -> None:
-    """A value the target refused last time and still the one to write is not sent
+def _hold_refused(m: Any, base: dict[str, Any], key_of: dict[str, str]) -> None:
+    """A value a system refused last time and still the one to write is not sent
     again: the field stays rejected with the same reason, so an unchanged record
-    stays quiet. Any other value of that field is tried (and forgotten here)."""
-    refused: dict[str, Any] = dict(base[REFUSED_KEY])
+    stays quiet. Any other value of that field is tried (and forgotten here).
+    ``key_of`` maps a source field to its shadow key."""
+    refused = {side: dict(vals) for side, vals in base[REFUSED_KEY].items()}
     reasons = base.get(REJECTED_KEY, {})
     for f in m.fields:
-        if f.field not in refused:
+        held = refused.get(f.side or "", {})
+        if f.field not in held:
             continue
-        if f.status is FieldStatus.UPDATED and f.side == "target" and f.new == refused[f.field]:
-            m.target_updates.pop(f.field, None)
-            if f.field in base:
-                m.shadow[f.field] = base[f.field]
+        if f.status is FieldStatus.UPDATED and f.new == held[f.field]:
+            target = f.side == "target"
+            (m.target_updates if target else m.source_updates).pop(f.field, None)
+            key = f.field if target else key_of.get(f.field, f.field)
+            if key in base:
+                m.shadow[key] = base[key]
             else:
-                m.shadow.pop(f.field, None)
+                m.shadow.pop(key, None)
             f.status = FieldStatus.REJECTED
-            f.reason = reasons.get(f.field, "refused by the target")
+            f.reason = reasons.get(f.field, f"refused by the {f.side}")
         else:
-            del refused[f.field]
+            del held[f.field]
+    refused = {side: vals for side, vals in refused.items() if vals}
     if refused:
         m.shadow[REFUSED_KEY] = refused
     else:
@@ -308,7 +314,7 @@ class Applier:
             if self.refs:
                 self._hold_refs(trec, m, base, erased_related)
             if base and REFUSED_KEY in base:
-                _hold_refused(m, base)
+                _hold_refused(m, base, {pl.source: pl.key for pl in link.plans})
             wrote = bool(m.target_updates or m.source_updates)
             _remember_rejections(m.shadow, m.fields)
             action = Action.UPDATED if wrote else (Action.MATCHED if first else Action.UNCHANGED)
@@ -467,7 +473,7 @@ class Applier:
             "source": self.sprefix.partition(".")[0],
         }
 
-        refused_values: dict[str, Any] = {}
+        refused_values: dict[str, dict[str, Any]] = {"target": {}, "source": {}}
 
         def restore(key: str) -> None:
             if shadow is None:
@@ -480,7 +486,7 @@ class Applier:
         if p.create_index is not None:
             for name, why in target.items():
                 if shadow is not None:
-                    refused_values[name] = shadow.get(name)
+                    refused_values["target"][name] = shadow.get(name)
                 restore(name)
                 reason = f"refused by {system['target']}: {why}"
                 out.fields.append(FieldOutcome(name, FieldStatus.REJECTED, reason=reason))
@@ -493,14 +499,19 @@ class Applier:
             if why is None:
                 continue
             restore(f.field if f.side == "target" else key_of.get(f.field, f.field))
-            if f.side == "target":
-                refused_values[f.field] = f.new
+            refused_values[f.side or "target"][f.field] = f.new
             f.status = FieldStatus.REJECTED
             f.reason = f"refused by {system[f.side or 'target']}: {why}"
         if shadow is not None:
             _remember_rejections(shadow, out.fields)
-            if refused_values:
-                shadow[REFUSED_KEY] = {**shadow.get(REFUSED_KEY, {}), **refused_values}
+            held = shadow.get(REFUSED_KEY, {})
+            merged = {
+                side: {**held.get(side, {}), **refused_values[side]}
+                for side in ("target", "source")
+            }
+            merged = {side: vals for side, vals in merged.items() if vals}
+            if merged:
+                shadow[REFUSED_KEY] = merged
         if out.action is Action.UPDATED and not any(
             f.status in (FieldStatus.UPDATED, FieldStatus.CONFLICT) for f in out.fields
         ):
