@@ -589,7 +589,7 @@ class SqlConnector(Connector):
             return self._shift_ts(o, text, lookback)
         except ValueError:
             # A cursor on a row whose stamp Python cannot read (MariaDB's
-            # '2020-02-30', SQLite's '2020-13-45'): the database still orders
+            # '2020-02-30', SQLite's '2020-04-31'): the database still orders
             # it, so the text itself is the position (no lookback from there).
             return text
 
