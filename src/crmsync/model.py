@@ -17,6 +17,8 @@ class FieldType(StrEnum):
     CHOICE = "choice"
     REFERENCE = "reference"
     DOCUMENT = "document"
+    # Bytes (BLOB, bytea): maps only to binary fields, never to text.
+    BINARY = "binary"
     LIST = "list"
 
 

@@ -444,8 +444,11 @@ def test_one_bad_row_fails_alone(db, conn):
         updates=[("1", {"name": None})],
     )
     assert res.created[0] and res.created[2] and res.created[1] is None
-    assert set(res.errors) == {"create:1", "1"}
+    # A create cannot leave out a NOT NULL column: it fails. The update's only
+    # field was refused: the row is kept as it was, the field reported refused.
+    assert set(res.errors) == {"create:1"}
     assert "null" in res.errors["create:1"].lower()
+    assert set(res.refused) == {"1"} and "null" in res.refused["1"]["name"].lower()
     got = conn.read("customers", [res.created[0], res.created[2], "1"])
     assert got["1"].values["name"] == "keep"
     assert got[res.created[0]].values["name"] == "ok0"

@@ -43,8 +43,13 @@ def reason(value: Any, dst: FieldSpec, src: FieldType | None = None) -> str:
 
 
 def test_same_type_without_constraints_is_identity() -> None:
-    for t in (T.STRING, T.INTEGER, T.DATE, T.DATETIME, T.CHOICE, T.LIST, T.DOCUMENT):
+    for t in (T.STRING, T.CHOICE, T.LIST, T.DOCUMENT):
         assert converter(f(t), f(t)) is identity
+    # Types a driver may hand over raw (text it could not convert) are checked;
+    # for comparing values only, they may be trusted.
+    for t in (T.INTEGER, T.DATE, T.DATETIME, T.BINARY):
+        assert converter(f(t), f(t)) is not identity
+        assert converter(f(t), f(t), trust_type=True) is identity
     assert converter(f(T.STRING), f(T.STRING, max_length=5)) is not identity
     assert converter(f(T.STRING), f(T.STRING, nullable=False)) is not identity
 
@@ -268,3 +273,60 @@ def test_value_mapper_with_non_text_targets() -> None:
     assert back(1) == "A"
     assert back(True) == "B"
     assert back(Decimal("1.00")) == "A"
+
+
+# -- values a driver hands over raw (issue 10: dirty values) -------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "ftype", "expected"),
+    [
+        # SQLite keeps text in typed columns; MariaDB zero dates; PostgreSQL infinity.
+        ("31/12/1999", T.DATE, "expected a date (YYYY-MM-DD), got '31/12/1999'"),
+        ("0000-00-00", T.DATE, "expected a date (YYYY-MM-DD), got '0000-00-00'"),
+        ("infinity", T.DATE, "expected a date (YYYY-MM-DD), got 'infinity'"),
+        ("0044-03-15 BC", T.DATE, "expected a date (YYYY-MM-DD), got '0044-03-15 BC'"),
+        ("not a date", T.DATETIME, "expected a date and time (YYYY-MM-DDTHH:MM:SS), "
+         "got 'not a date'"),
+        ("0000-00-00 00:00:00", T.DATETIME, "expected a date and time "
+         "(YYYY-MM-DDTHH:MM:SS), got '0000-00-00 00:00:00'"),
+        ("-infinity", T.DATETIME, "expected a date and time (YYYY-MM-DDTHH:MM:SS), "
+         "got '-infinity'"),
+        ("xyz", T.INTEGER, "expected a number, got 'xyz'"),
+        ("abc", T.DECIMAL, "expected a number, got 'abc'"),
+        (Decimal("NaN"), T.DECIMAL, "expected a number, got NaN"),
+        (Decimal("-Infinity"), T.DECIMAL, "expected a number, got -Infinity"),
+        ("text", T.BINARY, "expected binary data (bytes), got 'text'"),
+        (42, T.BINARY, "expected binary data (bytes), got 42"),
+    ],
+)
+def test_raw_values_of_the_same_type_are_rejected(
+    value: Any, ftype: FieldType, expected: str
+) -> None:
+    assert reason(value, f(ftype), src=ftype) == expected
+    assert reason(value, f(ftype, scale=2) if ftype is T.DECIMAL else f(ftype), src=ftype) == (
+        expected
+    )
+
+
+def test_same_type_values_still_pass_and_good_raw_text_converts() -> None:
+    assert convert(7, f(T.INTEGER), T.INTEGER) == 7
+    assert convert("7", f(T.INTEGER), T.INTEGER) == 7  # SQLite text that is a number
+    assert convert("2020-01-31", f(T.DATE), T.DATE) == date(2020, 1, 31)
+    assert convert(b"\x00\xff", f(T.BINARY), T.BINARY) == b"\x00\xff"
+    assert convert(memoryview(b"ab"), f(T.BINARY), T.BINARY) == b"ab"
+    assert convert(None, f(T.BINARY), T.BINARY) is None
+    assert convert(Decimal("1.50"), f(T.DECIMAL), T.DECIMAL) == Decimal("1.50")
+
+
+@pytest.mark.parametrize("other", [T.STRING, T.CHOICE, T.INTEGER, T.DOCUMENT, T.DATE])
+def test_binary_maps_only_to_binary(other: FieldType) -> None:
+    assert compatible(T.BINARY, T.BINARY) is None
+    assert compatible(other, T.BINARY) is not None
+    assert compatible(T.BINARY, other) is not None
+    assert "binary" in (compatible(other, T.BINARY) or "")
+
+
+def test_binary_json_round_trip() -> None:
+    assert to_json(b"\x00\xff") == "00ff"
+    assert from_json("00ff", T.BINARY) == b"\x00\xff"

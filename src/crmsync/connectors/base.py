@@ -57,6 +57,9 @@ class ChangePage:
     # Records were hard-deleted and the system cannot say which (Tryton's
     # log loses the id): the engine checks the ids it knows with ``existing``.
     check_known: bool = False
+    # Rows of this page whose updated_at cannot be read (MariaDB's zero date,
+    # SQLite text): id -> why. Not in ``records``; the cursor passes them.
+    unreadable: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -66,10 +69,14 @@ class WriteResult:
     ``created`` holds the new ids in the order of the ``creates`` given;
     an entry is None when that create failed, with its reason in ``errors``
     under the key ``"create:<index>"``. Failed updates/deletes are keyed by id.
+    An item in ``refused`` was written, but without the fields listed there.
     """
 
     created: list[str | None] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)
+    # Items written without some fields the system refused (a value out of
+    # range, a constraint): same keys as ``errors``, then field -> reason.
+    refused: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 class Connector(ABC):

@@ -36,7 +36,7 @@ CHUNK = 500
 
 # MySQL/MariaDB error numbers that mean "the server cannot be used right now"
 # (too many connections, shutdown in progress, lock wait timeout, deadlock);
-# every client-side error (>= 2000: refused, gone away, lost) counts too.
+# every client-side error (2000-2999: refused, gone away, lost) counts too.
 _MYSQL_TRANSIENT = {1040, 1053, 1205, 1213}
 # SQLite "operational" errors that are about reaching the file, not the data.
 _SQLITE_TRANSIENT = ("locked", "busy", "unable to open", "disk i/o")
@@ -60,9 +60,48 @@ class _NaiveUTC(sa.types.TypeDecorator[datetime]):
     cache_ok = True
 
     def process_result_value(self, value: Any, dialect: sa.Dialect) -> datetime | None:
-        if value is not None and value.tzinfo is not None:
+        # Not a datetime: 'infinity' handed over as text (see _lenient_loaders).
+        if isinstance(value, datetime) and value.tzinfo is not None:
             return value.astimezone(UTC).replace(tzinfo=None)
         return value
+
+
+def _lenient_loaders(dbapi_conn: Any) -> None:
+    """psycopg loaders for dates and timestamps that hand over the text of a value
+    Python cannot hold ('infinity', BC dates, years past 9999) instead of failing
+    the whole fetch: the engine then rejects that one field."""
+    from psycopg import DataError
+    from psycopg.adapt import Loader
+    from psycopg.pq import Format
+
+    for name in ("date", "timestamp", "timestamptz"):
+        oid = dbapi_conn.adapters.types[name].oid
+        base = dbapi_conn.adapters.get_loader(oid, Format.TEXT)
+        if base is None or getattr(base, "lenient", False):
+            continue
+
+        class _Lenient(Loader):
+            lenient = True
+            inner_type = base
+
+            def __init__(self, oid: int, context: Any = None) -> None:
+                super().__init__(oid, context)
+                self._inner = self.inner_type(oid, context)
+
+            def load(self, data: Any) -> Any:
+                try:
+                    return self._inner.load(data)
+                except DataError:
+                    return bytes(data).decode()
+
+        dbapi_conn.adapters.register_loader(oid, _Lenient)
+
+
+def _lenient(proc: Callable[[Any], Any], value: Any) -> Any:
+    try:
+        return proc(value)
+    except Exception:  # processors raise TypeError, ValueError, InvalidOperation...
+        return value  # what the database holds; the engine's conversion judges it
 
 
 def _is_mysql_bool(t: sa.types.TypeEngine[Any]) -> bool:
@@ -84,6 +123,8 @@ def _field_type(t: sa.types.TypeEngine[Any]) -> FieldType:
         return FieldType.DATETIME
     if isinstance(t, sa.Date):
         return FieldType.DATE
+    if isinstance(t, (sa.LargeBinary, sa.BINARY, sa.VARBINARY)):
+        return FieldType.BINARY
     return FieldType.STRING
 
 
@@ -160,6 +201,9 @@ class _Obj:
     # The same columns without the raw updated_at text (scan/read/find need no cursor).
     plain_select: sa.Select[Any]
     ts_expr: sa.ColumnElement[Any] | None
+    # Rows whose updated_at the database orders like a time (None: all of them);
+    # the others never become a cursor (see read_changes).
+    ts_valid: sa.ColumnElement[bool] | None = None
     # SQLite: 'T' when the table's timestamps use the ISO 'T' separator.
     ts_sep: str = " "
     # Result types of the select list, and (index, processor) once known.
@@ -233,6 +277,8 @@ class SqlConnector(Connector):
             cur.execute("SET TIME ZONE 'UTC'")
             cur.close()
             dbapi_conn.commit()
+            if self._engine.dialect.driver == "psycopg":
+                _lenient_loaders(dbapi_conn)
         elif self._dialect in ("mysql", "mariadb"):
             cur = dbapi_conn.cursor()
             cur.execute("SET time_zone = '+00:00'")
@@ -262,7 +308,9 @@ class SqlConnector(Connector):
         if self._dialect in ("mysql", "mariadb"):
             args = getattr(exc.orig, "args", ())
             code = args[0] if args and isinstance(args[0], int) else 0
-            return code >= 2000 or code in _MYSQL_TRANSIENT
+            # Client errors are 2000-2999; MariaDB's own server errors go past
+            # 4000 (4025: a CHECK constraint failed) and are about the data.
+            return 2000 <= code < 3000 or code in _MYSQL_TRANSIENT
         # PostgreSQL (psycopg): data problems are DataError/IntegrityError;
         # OperationalError is connection, resources, shutdown, cancel.
         return True
@@ -378,7 +426,19 @@ class SqlConnector(Connector):
                 sel.append(c)
         raw_idx = None
         ts_expr: sa.ColumnElement[Any] | None = ts_col
+        ts_valid: sa.ColumnElement[bool] | None = None
         ts_sep = " "
+        if (
+            ts_col is not None
+            and self._dialect == "postgresql"
+            and isinstance(ts_col.type, (sa.DateTime, sa.Date))
+        ):
+            # 'infinity' sorts after every stamp and '-infinity'/BC before: a cursor
+            # there would skip every later change, and Python holds neither.
+            ts_valid = sa.and_(
+                ts_col >= sa.cast(sa.literal("0001-01-01"), ts_col.type),
+                ts_col < sa.cast(sa.literal("10000-01-01"), ts_col.type),
+            )
         if (
             ts_col is not None
             and self._dialect == "sqlite"
@@ -389,7 +449,15 @@ class SqlConnector(Connector):
             ts_expr = sa.type_coerce(ts_col, sa.String())
             raw_idx = len(sel)
             sel.append(ts_expr)
-            ts_sep = self._sqlite_ts_sep(table, ts_expr)
+            # Only text SQLite reads as a time sorts like one ('31/12/1999' sorts
+            # after every 2xxx stamp, 'not a date' after all): the rest never
+            # becomes a cursor. A text that SQLite reads and Python does not
+            # ('2026-02-30') still sorts in its place: reported, then passed.
+            ts_valid = sa.and_(
+                sa.func.typeof(ts_expr) == "text",
+                sa.func.datetime(ts_expr).is_not(None),
+            )
+            ts_sep = self._sqlite_ts_sep(table, ts_expr, ts_valid)
             if ts_sep == "T" and isinstance(ts_col.type, sa.DateTime):
                 # Stamp in the table's own format so text order stays time order.
                 ts_col.type = sqlite.DATETIME(
@@ -416,6 +484,7 @@ class SqlConnector(Connector):
             base_select=sa.select(*sel),
             plain_select=sa.select(*sel[: len(cols)]),
             ts_expr=ts_expr,
+            ts_valid=ts_valid,
             ts_sep=ts_sep,
             sel_types=[e.type for e in sel],
             bind_kinds=self._bind_kinds(cols),
@@ -451,9 +520,12 @@ class SqlConnector(Connector):
             return type(key_col.type) is sa.INTEGER
         return key_col.autoincrement is True
 
-    def _sqlite_ts_sep(self, table: sa.Table, raw: sa.ColumnElement[Any]) -> str:
+    def _sqlite_ts_sep(
+        self, table: sa.Table, raw: sa.ColumnElement[Any], valid: sa.ColumnElement[bool]
+    ) -> str:
         with self._engine.connect() as conn:
-            last = conn.execute(sa.select(sa.func.max(raw)).select_from(table)).scalar()
+            q = sa.select(sa.func.max(raw)).select_from(table).where(valid)
+            last = conn.execute(q).scalar()
         return "T" if isinstance(last, str) and last[10:11] == "T" else " "
 
     # -- reads -----------------------------------------------------------
@@ -467,7 +539,10 @@ class SqlConnector(Connector):
             return []
         cols: list[Any] = list(zip(*rows, strict=True))
         for i, proc in o.procs or ():
-            cols[i] = list(map(proc, cols[i]))
+            try:
+                cols[i] = list(map(proc, cols[i]))
+            except Exception:  # some value the type cannot take: that one stays raw
+                cols[i] = [_lenient(proc, v) for v in cols[i]]
         values = map(dict, map(zip, repeat(o.names), zip(*cols, strict=True)))
         ids = map(str, cols[o.key_idx])
         if o.ts_idx is None:
@@ -510,6 +585,15 @@ class SqlConnector(Connector):
 
     def _bind_ts(self, o: _Obj, text: str, lookback: float) -> Any:
         """The cursor's timestamp as a bind value of the column's kind."""
+        try:
+            return self._shift_ts(o, text, lookback)
+        except ValueError:
+            # A cursor on a row whose stamp Python cannot read (MariaDB's
+            # '2020-02-30', SQLite's '2020-04-31'): the database still orders
+            # it, so the text itself is the position (no lookback from there).
+            return text
+
+    def _shift_ts(self, o: _Obj, text: str, lookback: float) -> Any:
         if o.raw_idx is not None:
             if not lookback:
                 return text
@@ -529,6 +613,29 @@ class SqlConnector(Connector):
             return int(text) - int(lookback)
         return text
 
+    def _unreadable_stamp(self, o: _Obj, value: Any) -> str | None:
+        """Why a row's updated_at cannot order its change (None: it can)."""
+        if value is None:
+            return None
+        assert o.ts_col is not None
+        t = o.ts_col.type
+        if isinstance(t, sa.DateTime):
+            ok, what = isinstance(value, datetime), "a date and time"
+        elif isinstance(t, sa.Date):
+            ok, what = isinstance(value, date), "a date"
+        elif isinstance(t, sa.Integer):
+            ok, what = isinstance(value, int), "a number"
+        else:
+            return None
+        if ok:
+            return None
+        shown = repr(value) if isinstance(value, str) else repr(str(value))
+        return (
+            f"updated_at column {o.ts_col.name!r} holds {shown[:60]}, not {what}: "
+            "the change cannot be ordered, so it is not captured; "
+            "fix the value (a full sync reads the row anyway)"
+        )
+
     def read_changes(
         self, obj: str, cursor: Cursor | None, limit: int, lookback: float = 0.0
     ) -> ChangePage:
@@ -536,13 +643,22 @@ class SqlConnector(Connector):
         if o.ts_expr is None:
             raise SchemaError("updated_at", f"object {obj!r} has no updated_at column configured")
         ts, key_col = o.ts_expr, o.key_col
+        # Only rows the database orders like a time may become the cursor.
+        base = o.base_select if o.ts_valid is None else o.base_select.where(o.ts_valid)
         params: dict[str, Any] = {"n": limit}
+        if lookback and cursor is not None and cursor.get("ts") is not None:
+            try:
+                self._shift_ts(o, str(cursor["ts"]), lookback)
+            except ValueError:
+                # The cursor sits on a row whose stamp Python cannot read: no
+                # reaching back from there, resume strictly after it.
+                lookback = 0.0
         if cursor is None or cursor.get("ts") is None:
             stmt = self._stmt(
                 o,
                 "changes0",
                 lambda: (
-                    o.base_select.where(ts.is_not(None))
+                    base.where(ts.is_not(None))
                     .order_by(ts, key_col)
                     .limit(sa.bindparam("n", type_=sa.Integer))
                 ),
@@ -554,7 +670,7 @@ class SqlConnector(Connector):
                 o,
                 "changes_ge",
                 lambda: (
-                    o.base_select.where(ts >= sa.bindparam("ts"))
+                    base.where(ts >= sa.bindparam("ts"))
                     .order_by(ts, key_col)
                     .limit(sa.bindparam("n", type_=sa.Integer))
                 ),
@@ -567,7 +683,7 @@ class SqlConnector(Connector):
                 o,
                 "changes_gt",
                 lambda: (
-                    o.base_select.where(
+                    base.where(
                         ts >= sa.bindparam("ts"),
                         sa.or_(ts > sa.bindparam("ts"), key_col > sa.bindparam("k")),
                     )
@@ -581,23 +697,61 @@ class SqlConnector(Connector):
         records = self._records(o, rows)
         key = records[-1].values[o.key_col.name]
         new_cursor: Cursor = {
+            # Rows here are ordered like time (ts_valid), so even one whose stamp
+            # Python cannot read is a safe position: it moves past no good row.
             "ts": self._cursor_ts(o, rows[-1], records[-1]),
             # JSON keeps ints as ints; other keys travel as text.
             "key": key if o.key_is_int else str(key),
         }
-        return ChangePage(records, new_cursor, more=len(rows) >= limit)
+        unreadable: dict[str, str] = {}
+        for row, r in zip(rows, records, strict=True):
+            why = self._unreadable_stamp(o, r.version)
+            if why is not None:
+                unreadable[r.id] = why
+                if lookback and cursor and not self._after(o, row, r, cursor):
+                    # Read again by the lookback overlap: it was reported when
+                    # the cursor passed it (a good row there is applied quietly).
+                    unreadable[r.id] = ""
+        if unreadable:
+            records = [r for r in records if r.id not in unreadable]
+        unreadable = {k: v for k, v in unreadable.items() if v}
+        return ChangePage(records, new_cursor, more=len(rows) >= limit, unreadable=unreadable)
+
+    def _after(self, o: _Obj, row: Any, rec: Record, cursor: Cursor) -> bool:
+        """Whether a row's position comes after ``cursor`` (as the query orders them).
+
+        Stamps are compared as ISO-like text: an unreadable one has no other form.
+        """
+        ts = self._cursor_ts(o, row, rec).replace("T", " ")
+        cts = str(cursor.get("ts")).replace("T", " ")
+        if ts != cts:
+            return ts > cts
+        key, ckey = rec.values[o.key_col.name], cursor.get("key")
+        if ckey is None:
+            return True
+        return bool(key > ckey) if o.key_is_int else str(key) > str(ckey)
 
     def start_cursor(self, obj: str) -> Cursor | None:
         o = self._obj(obj)
         if o.ts_expr is None:
             return None
-        ts_expr = o.ts_expr
-        stmt = self._stmt(o, "max_ts", lambda: sa.select(sa.func.max(ts_expr)).select_from(o.table))
+        ts_expr, valid = o.ts_expr, o.ts_valid
+        stmt = self._stmt(
+            o,
+            "max_ts",
+            lambda: sa.select(sa.func.max(ts_expr))
+            .select_from(o.table)
+            .where(valid if valid is not None else sa.true()),
+        )
         with self._guard(), self._engine.connect() as conn:
             value = conn.execute(stmt).scalar()
         if value is None:
             return None
         text = value if isinstance(value, str) else value.isoformat()
+        if self._unreadable_stamp(o, value) is not None:
+            # MariaDB's max can be a date Python cannot hold ('2020-02-30'): the
+            # text still orders, so the cursor stays a position.
+            text = str(value)
         return {"ts": text, "key": None}
 
     def count(self, obj: str) -> int | None:
@@ -715,8 +869,106 @@ class SqlConnector(Connector):
                     except sa.exc.StatementError as exc:
                         if self._is_unavailable(exc):
                             raise
-                        result.errors[u.tags[i]] = _first_line(exc)
+                        self._salvage(o, u, i, _first_line(exc), result)
         return result
+
+    # -- a row the database refused: find the field(s), write the rest ----
+    def _salvage(self, o: _Obj, u: _Unit, i: int, reason: str, result: WriteResult) -> None:
+        """Probe each field of a refused row alone (rolled back), then write the row
+        without the refused ones. The row fails only when nothing it needs fits."""
+        tag = u.tags[i]
+        if u.kind == "delete":
+            result.errors[tag] = reason
+            return
+        ts = o.ts_col.name if o.ts_col is not None else None
+        if u.kind == "update":
+            params = (u.params or [])[i]
+            values = {n: params[f"p{j}"] for j, n in enumerate(u.names)}
+            needed = {n for n in values if n in (ts, o.key_col.name)}
+        else:
+            values = dict(u.get_params()[i])
+            needed = {n for n in values if n == ts or self._required(o, n)}
+        base = {n: v for n, v in values.items() if n in needed}
+        if u.kind != "update" and self._probe(o, u, i, base) is not None:
+            result.errors[tag] = reason  # not even the columns it cannot do without
+            return
+        refused: dict[str, str] = {}
+        for n in values:
+            if n in needed:
+                continue
+            why = self._probe(o, u, i, {**base, n: values[n]})
+            if why is not None:
+                refused[n] = why
+        if not refused:
+            result.errors[tag] = reason  # no field alone: the row as a whole
+            return
+        keep = {n: v for n, v in values.items() if n not in refused}
+        if u.kind == "update" and set(keep) <= needed:
+            # Every field it was to change was refused: the row stays as it was.
+            result.refused[tag] = refused
+            return
+        try:
+            with self._engine.begin() as conn:
+                self._write_one(conn, o, u, i, keep, result)
+        except sa.exc.StatementError as exc:
+            if self._is_unavailable(exc):
+                raise
+            result.errors[tag] = _first_line(exc)
+            return
+        result.refused[tag] = refused
+
+    def _required(self, o: _Obj, name: str) -> bool:
+        """A column an INSERT cannot leave out (NOT NULL, no default, not generated)."""
+        c = o.table.c[name]
+        if c is o.key_col:
+            return True
+        return not c.nullable and c.server_default is None and c.default is None
+
+    def _probe(self, o: _Obj, u: _Unit, i: int, values: dict[str, Any]) -> str | None:
+        """Why the database refuses this part of row ``i`` (None: it takes it);
+        always rolled back."""
+        scratch = WriteResult(created=[None] * (max(u.indices, default=0) + 1))
+        with self._engine.connect() as conn:
+            trans = conn.begin()
+            try:
+                self._write_one(conn, o, u, i, values, scratch)
+            except sa.exc.StatementError as exc:
+                if self._is_unavailable(exc):
+                    raise
+                return _first_line(exc)
+            finally:
+                trans.rollback()
+        return None
+
+    def _write_one(
+        self, conn: Connection, o: _Obj, u: _Unit, i: int, values: dict[str, Any],
+        out: WriteResult,
+    ) -> None:
+        """Row ``i`` of ``u`` with only ``values`` (its columns) written."""
+        if u.kind == "update":
+            order = sorted(values)
+            stmt = self._stmt(
+                o, ("update", tuple(order)), lambda: self._update_stmt(o, order)
+            )
+            pk = (u.params or [])[i]["pk"]
+            params = {"pk": pk, **{f"p{j}": values[n] for j, n in enumerate(order)}}
+            one = _Unit("update", stmt, [params], [u.tags[i]], ids=[u.tags[i]], names=tuple(order))
+            self._run(conn, o, one, slice(None), out)
+            return
+        names = tuple(values)
+        if u.kind == "upsert":
+            stmt = self._upsert_stmt(o, frozenset(names))
+        else:
+            stmt = self._stmt(o, "create", lambda: self._create_stmt(o))
+        one = _Unit(
+            u.kind, stmt, [dict(values)], [u.tags[i]], [u.indices[i]],
+            u.ids[i : i + 1], rows=[values], names=names,
+        )
+        # One row through SQLAlchemy's own parameter handling (no fast path).
+        res = conn.execute(one.stmt, one.params)
+        new = u.ids[i : i + 1] if u.kind == "upsert" else [row[0] for row in res]
+        for idx, key in zip(one.indices, new, strict=True):
+            out.created[idx] = str(key)
 
     def _run(self, conn: Connection, o: _Obj, u: _Unit, part: slice, out: WriteResult) -> None:
         if u.kind in ("create", "upsert"):
@@ -940,7 +1192,7 @@ class SqlConnector(Connector):
                     for _rid, pk, v in part_items
                 ]
                 ids = [rid for rid, _pk, _v in part_items]
-                units.append(_Unit("update", stmt, params, ids, ids=ids))
+                units.append(_Unit("update", stmt, params, ids, ids=ids, names=tuple(order)))
 
         if deletes:
             stmt = self._stmt(

@@ -20,6 +20,8 @@ HEADLINES = {
     Action.MATCHED: "Sync completed: matched an existing record",
     Action.DELETED: "Sync completed: deleted at the source",
     Action.FAILED: "Sync failed",
+    # A pass that wrote nothing because every changed value was refused.
+    Action.REJECTED: "Sync completed: nothing updated",
 }
 
 

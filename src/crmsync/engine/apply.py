@@ -72,11 +72,17 @@ class _Pending:
     target_write: bool = False
     source_write: bool = False
     save_identity: bool = True
+    # The shadow before this pass: a field the system refused goes back to it.
+    base: dict[str, Any] | None = None
 
 
 # Shadow entry remembering which fields were refused and why, so a value that
 # stays unconvertible is reported once, not on every re-read.
 REJECTED_KEY = "~rejected"
+# Shadow entry: side ("target"/"source") -> field -> the (canonical) value that
+# system refused to take, so an unchanged refused value is not sent again on
+# every re-read.
+REFUSED_KEY = "~refused"
 
 
 def _remember_rejections(shadow: dict[str, Any], fields: list[FieldOutcome]) -> None:
@@ -85,6 +91,36 @@ def _remember_rejections(shadow: dict[str, Any], fields: list[FieldOutcome]) -> 
         shadow[REJECTED_KEY] = rejected
     else:
         shadow.pop(REJECTED_KEY, None)
+
+
+def _hold_refused(m: Any, base: dict[str, Any], key_of: dict[str, str]) -> None:
+    """A value a system refused last time and still the one to write is not sent
+    again: the field stays rejected with the same reason, so an unchanged record
+    stays quiet. Any other value of that field is tried (and forgotten here).
+    ``key_of`` maps a source field to its shadow key."""
+    refused = {side: dict(vals) for side, vals in base[REFUSED_KEY].items()}
+    reasons = base.get(REJECTED_KEY, {})
+    for f in m.fields:
+        held = refused.get(f.side or "", {})
+        if f.field not in held:
+            continue
+        if f.status is FieldStatus.UPDATED and f.new == held[f.field]:
+            target = f.side == "target"
+            (m.target_updates if target else m.source_updates).pop(f.field, None)
+            key = f.field if target else key_of.get(f.field, f.field)
+            if key in base:
+                m.shadow[key] = base[key]
+            else:
+                m.shadow.pop(key, None)
+            f.status = FieldStatus.REJECTED
+            f.reason = reasons.get(f.field, f"refused by the {f.side}")
+        else:
+            del held[f.field]
+    refused = {side: vals for side, vals in refused.items() if vals}
+    if refused:
+        m.shadow[REFUSED_KEY] = refused
+    else:
+        m.shadow.pop(REFUSED_KEY, None)
 
 
 def _v(version: Any) -> str | None:
@@ -277,9 +313,17 @@ class Applier:
             m = merge(link.plans, rec.values, trec.values, base, link.policy, newer)
             if self.refs:
                 self._hold_refs(trec, m, base, erased_related)
+            if base and REFUSED_KEY in base:
+                _hold_refused(m, base, {pl.source: pl.key for pl in link.plans})
             wrote = bool(m.target_updates or m.source_updates)
             _remember_rejections(m.shadow, m.fields)
             action = Action.UPDATED if wrote else (Action.MATCHED if first else Action.UNCHANGED)
+            if action is Action.UNCHANGED and any(
+                f.status is FieldStatus.REJECTED for f in m.fields
+            ):
+                # Nothing written, but a value was refused: logged and counted as
+                # such (quiet below when it is the same refusal as last time).
+                action = Action.REJECTED
             out = Outcome(name, sid, tid, action, m.fields, matched=first)
             if (
                 not wrote
@@ -289,7 +333,7 @@ class Applier:
                 # The same value was refused for the same reason last time:
                 # nothing new to tell, so this pass is quiet.
                 out.quiet = True
-            p = _Pending(sid, tid, out, m.shadow, _v(rec.version), _v(trec.version))
+            p = _Pending(sid, tid, out, m.shadow, _v(rec.version), _v(trec.version), base=base)
             if m.target_updates:
                 t_updates.append((tid, m.target_updates))  # type: ignore[arg-type]
                 p.target_write = True
@@ -309,16 +353,19 @@ class Applier:
         # -- writes ------------------------------------------------------
         t_errors: dict[str, str] = {}
         s_errors: dict[str, str] = {}
+        # Written without some fields the system refused: key -> field -> reason.
+        t_refused: dict[str, dict[str, str]] = {}
+        s_refused: dict[str, dict[str, str]] = {}
         created: list[str | None] = []
         if self.dry_run:
             created = [None] * len(creates)
         else:
             if creates or t_updates or t_deletes:
                 wr = self.target.write(self.tobj, creates, t_updates, t_deletes)
-                created, t_errors = wr.created, wr.errors
+                created, t_errors, t_refused = wr.created, wr.errors, wr.refused
             if s_updates:
                 ws = self.source.write(self.sobj, (), s_updates, ())
-                s_errors = ws.errors
+                s_errors, s_refused = ws.errors, ws.refused
 
         # -- results -------------------------------------------------------
         identity_rows: list[dict[str, Any]] = []
@@ -345,6 +392,14 @@ class Applier:
                 out.message = err
                 failed_pairs[p.source_id] = err
                 p.save_identity = False
+            elif t_refused or s_refused:
+                tkey = f"create:{p.create_index}" if p.create_index is not None else p.target_id
+                wrote_target = p.create_index is not None or p.target_write
+                self._refused(
+                    p,
+                    t_refused.get(tkey or "", {}) if wrote_target else {},
+                    s_refused.get(p.source_id, {}) if p.source_write else {},
+                )
             res.outcomes.append(out)
             _count(res.counts, out)
             shadow_json = None
@@ -402,6 +457,66 @@ class Applier:
         if self._notes_waiting:
             self.deliver_activities()
         return res
+
+    def _refused(
+        self, p: _Pending, target: dict[str, str], source: dict[str, str]
+    ) -> None:
+        """Fields a system refused at write time become ``rejected`` with its reason;
+        the shadow goes back to what it was for them, so it never claims a value
+        that was not written (and the next change of the record tries again)."""
+        if not target and not source:
+            return
+        out, shadow = p.outcome, p.shadow
+        key_of = {pl.source: pl.key for pl in self.link.plans}
+        system = {
+            "target": self.tprefix.partition(".")[0],
+            "source": self.sprefix.partition(".")[0],
+        }
+
+        refused_values: dict[str, dict[str, Any]] = {"target": {}, "source": {}}
+
+        def restore(key: str) -> None:
+            if shadow is None:
+                return
+            if p.base is not None and key in p.base:
+                shadow[key] = p.base[key]
+            else:
+                shadow.pop(key, None)
+
+        if p.create_index is not None:
+            for name, why in target.items():
+                if shadow is not None:
+                    refused_values["target"][name] = shadow.get(name)
+                restore(name)
+                reason = f"refused by {system['target']}: {why}"
+                out.fields.append(FieldOutcome(name, FieldStatus.REJECTED, reason=reason))
+        for f in out.fields:
+            if f.status not in (FieldStatus.UPDATED, FieldStatus.CONFLICT):
+                continue
+            why = (target if f.side == "target" else source if f.side == "source" else {}).get(
+                f.field
+            )
+            if why is None:
+                continue
+            restore(f.field if f.side == "target" else key_of.get(f.field, f.field))
+            refused_values[f.side or "target"][f.field] = f.new
+            f.status = FieldStatus.REJECTED
+            f.reason = f"refused by {system[f.side or 'target']}: {why}"
+        if shadow is not None:
+            _remember_rejections(shadow, out.fields)
+            held = shadow.get(REFUSED_KEY, {})
+            merged = {
+                side: {**held.get(side, {}), **refused_values[side]}
+                for side in ("target", "source")
+            }
+            merged = {side: vals for side, vals in merged.items() if vals}
+            if merged:
+                shadow[REFUSED_KEY] = merged
+        if out.action is Action.UPDATED and not any(
+            f.status in (FieldStatus.UPDATED, FieldStatus.CONFLICT) for f in out.fields
+        ):
+            # Nothing of it was written: not "updated".
+            out.action = Action.MATCHED if out.matched else Action.REJECTED
 
     def _related_ref(self, trec: Record, ref: str) -> str | None:
         rid = trec.values.get(ref)

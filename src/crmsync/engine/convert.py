@@ -57,6 +57,7 @@ _ARTICLE = {
     FieldType.REFERENCE: "a reference",
     FieldType.DOCUMENT: "a document",
     FieldType.LIST: "a list",
+    FieldType.BINARY: "a binary (bytes)",
 }
 
 
@@ -69,7 +70,8 @@ def compatible(src: FieldType, dst: FieldType) -> str | None:
     time), else the reason the mapping is refused."""
     if src == dst:
         return None
-    if src in _STRUCTURED or dst in _STRUCTURED:
+    if src in _STRUCTURED or dst in _STRUCTURED or FieldType.BINARY in (src, dst):
+        # Bytes are not text: a string written into a BLOB passes no driver cleanly.
         ok = False
     elif src in _TEXT or dst in _TEXT:
         # Text carries anything scalar; a choice is text limited to a list, but dates
@@ -97,6 +99,8 @@ def compatible(src: FieldType, dst: FieldType) -> str | None:
 
 
 def _show(v: Any) -> str:
+    if isinstance(v, bytes | bytearray | memoryview):
+        return f"binary data ({len(bytes(v))} bytes)"
     if isinstance(v, str):
         return repr(v) if len(v) <= 60 else repr(v[:57] + "...")
     if isinstance(v, bool):
@@ -256,6 +260,12 @@ def _to_datetime(v: Any) -> datetime:
     raise ConversionError(f"expected a date and time (YYYY-MM-DDTHH:MM:SS), got {_show(v)}")
 
 
+def _to_binary(v: Any) -> bytes:
+    if isinstance(v, bytes | bytearray | memoryview):
+        return bytes(v)
+    raise ConversionError(f"expected binary data (bytes), got {_show(v)}")
+
+
 def _structured(v: Any) -> Any:
     return v
 
@@ -271,22 +281,27 @@ _PARSERS: dict[FieldType, Callable[[Any], Any]] = {
     FieldType.REFERENCE: _structured,
     FieldType.DOCUMENT: _structured,
     FieldType.LIST: _structured,
+    FieldType.BINARY: _to_binary,
 }
 
-# Same-type conversions that stay the identity: drivers hand these over typed.
+# Same-type conversions that stay the identity: every value of these is fine.
 # Decimal (floats from FLOAT columns) and boolean (0/1 from TINYINT) are
 # normalised because they would otherwise compare unequal to the shadow.
 _TRUSTED = frozenset(
     {
         FieldType.STRING,
-        FieldType.INTEGER,
-        FieldType.DATE,
-        FieldType.DATETIME,
         FieldType.CHOICE,
         FieldType.REFERENCE,
         FieldType.DOCUMENT,
         FieldType.LIST,
     }
+)
+# Same-type conversions that only check the Python type: a connector hands over
+# what the database holds when the driver cannot make it the column's type
+# (SQLite text in an INTEGER/DATE column, MariaDB's '0000-00-00', PostgreSQL's
+# 'infinity'), and that value must be rejected here, per field, not written on.
+_TYPE_CHECKED = frozenset(
+    {FieldType.INTEGER, FieldType.DATE, FieldType.DATETIME, FieldType.BINARY}
 )
 
 
@@ -297,20 +312,23 @@ _PY_TYPE: dict[FieldType, type] = {
     FieldType.BOOLEAN: bool,
     FieldType.DATE: date,
     FieldType.DATETIME: datetime,
+    FieldType.BINARY: bytes,
 }
 
 
-def converter(src: FieldSpec | None, dst: FieldSpec) -> Convert:
+def converter(src: FieldSpec | None, dst: FieldSpec, *, trust_type: bool = False) -> Convert:
     """A function converting one source value to ``dst``'s type, raising ``ConversionError``.
 
     ``src=None`` means the source type is unknown (config defaults, payloads):
-    values are converted by their Python type.
+    values are converted by their Python type. ``trust_type`` skips the type
+    check of same-type values (for comparing values, never for writing them).
     """
     dtype = dst.type
+    trusted = _TRUSTED | _TYPE_CHECKED if trust_type else _TRUSTED
     if (
         src is not None
         and src.type == dtype
-        and dtype in _TRUSTED
+        and dtype in trusted
         and dst.nullable
         and dst.max_length is None
         and not (dtype == FieldType.CHOICE and dst.choices)
@@ -322,6 +340,15 @@ def converter(src: FieldSpec | None, dst: FieldSpec) -> Convert:
     nullable = dst.nullable
     steps: list[Callable[[Any], Any]] = []
 
+    if dtype == FieldType.DECIMAL:
+        # NaN and infinities come typed from the driver (PostgreSQL NUMERIC
+        # 'NaN', float columns) and would skip the parser's own check.
+        def finite(d: Decimal) -> Decimal:
+            if not d.is_finite():
+                raise ConversionError(f"expected a number, got {d}")
+            return d
+
+        steps.append(finite)
     if dtype == FieldType.DECIMAL and dst.scale is not None:
         quantum = Decimal(1).scaleb(-dst.scale)
 
@@ -449,6 +476,8 @@ def from_json(v: Any, ftype: FieldType) -> Any:
         return _to_integer(v)
     if ftype == FieldType.BOOLEAN:
         return _to_boolean(v)
+    if ftype == FieldType.BINARY and isinstance(v, str):
+        return bytes.fromhex(v)
     return v
 
 

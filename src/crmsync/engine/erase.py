@@ -255,6 +255,10 @@ def _write(conn: Connector, ref: RecordRef, values: dict[str, Any]) -> RecordEra
             system=ref.system,
         ) from None
     err = result.errors.get(ref.id) or next(iter(result.errors.values()), None)
+    refused = result.refused.get(ref.id) or next(iter(result.refused.values()), None)
+    if err is None and refused:
+        # Written without some replacement values: the record is not anonymized.
+        err = "; ".join(f"{name}: {why}" for name, why in sorted(refused.items()))
     if err is not None:
         raise EraseError(
             f"system {ref.system} refused to anonymize {ref}: {err}", system=ref.system

@@ -113,7 +113,8 @@ def _canon_for(spec: FieldSpec) -> Callable[[Any], Any]:
     converter makes them the same Python value the converted side has, so the
     comparison never flaps between two spellings of one value.
     """
-    norm = converter(spec, spec)
+    # Type-trusting: a raw value the driver could not convert is compared as is.
+    norm = converter(spec, spec, trust_type=True)
     if norm is identity:
         return to_json
 

@@ -162,7 +162,7 @@ class Engine:
                 if not migrating and not dry_run:
                     # The other side may answer: its changes are queued now and
                     # wait durably for the one that is down.
-                    self._capture(name, lc, src, Side.SOURCE, report)
+                    self._capture(name, lc, src, Side.SOURCE, report, run_id)
                 raise
             applier = Applier(
                 link,
@@ -181,9 +181,9 @@ class Engine:
                 if not migrating:
                     self._plan_changes(link, src, tgt, applier, report, max_samples)
             else:
-                self._capture(name, lc, src, Side.SOURCE, report)
+                self._capture(name, lc, src, Side.SOURCE, report, run_id)
                 if lc.reads_target:
-                    self._capture(name, lc, tgt, Side.TARGET, report)
+                    self._capture(name, lc, tgt, Side.TARGET, report, run_id)
                 self._drain(link, applier, report, max_samples)
         except SystemUnavailable as exc:
             report.status = "paused"
@@ -234,9 +234,9 @@ class Engine:
                 link = self.compiled(name)
                 applier = self.applier(name, run_id)
                 self._migrate(link, src, tgt, applier, report, False, False, 0)
-            self._capture(name, lc, src, Side.SOURCE, report)
+            self._capture(name, lc, src, Side.SOURCE, report, run_id)
             if lc.reads_target:
-                self._capture(name, lc, tgt, Side.TARGET, report)
+                self._capture(name, lc, tgt, Side.TARGET, report, run_id)
         except SystemUnavailable as exc:
             report.status = "paused"
             report.error = exc.user_message
@@ -330,7 +330,13 @@ class Engine:
         return float(getattr(obj, "lookback", 0.0)) if obj else 0.0
 
     def _capture(
-        self, name: str, lc: LinkConfig, conn: Connector, side: Side, report: LinkReport
+        self,
+        name: str,
+        lc: LinkConfig,
+        conn: Connector,
+        side: Side,
+        report: LinkReport,
+        run_id: int | None = None,
     ) -> None:
         """Queue one side's changes since its cursor.
 
@@ -356,15 +362,43 @@ class Engine:
                 fresh += [(rid, "upsert", None) for rid in self._gone(name, side, conn, obj)]
             with self.state.begin() as c:
                 self.state.enqueue(c, name, side.value, fresh)
+                if page.unreadable:
+                    # Reported in the same transaction as the cursor that passes them.
+                    self.state.add_outcomes(
+                        c, self._unreadable_rows(name, lc, side, page.unreadable, run_id)
+                    )
                 if page.cursor is not None:
                     self.state.set_cursor(
                         c, name, side.value, "incremental", {"cursor": page.cursor}
                     )
             captured += len(fresh)
+            report.counts["skipped"] += len(page.unreadable)
             cursor = page.cursor if page.cursor is not None else cursor
             if not page.more:
                 break
         report.counts["captured"] += captured
+
+    def _unreadable_rows(
+        self, name: str, lc: LinkConfig, side: Side, unreadable: dict[str, str], run_id: int | None
+    ) -> list[dict[str, Any]]:
+        """Log rows (status skipped) for rows whose updated_at cannot be read."""
+        system = lc.source_system if side is Side.SOURCE else lc.target_system
+        obj = lc.source_object if side is Side.SOURCE else lc.target_object
+        at = self.state.ts(utcnow())
+        return [
+            {
+                "run_id": run_id,
+                "link": name,
+                "source_ref": f"{system}.{obj}:{rid}" if side is Side.SOURCE else None,
+                "target_ref": f"{system}.{obj}:{rid}" if side is Side.TARGET else None,
+                "action": Action.SKIPPED.value,
+                "status": "skipped",
+                "fields": "[]",
+                "message": why,
+                "at": at,
+            }
+            for rid, why in unreadable.items()
+        ]
 
     def _gone(self, name: str, side: Side, conn: Connector, obj: str) -> list[str]:
         """Paired records of this side that no longer exist: queued, apply sees them gone."""
@@ -464,6 +498,7 @@ class Engine:
                 lookback = 0.0  # only the first page reaches back
                 for r in page.records:
                     items[(side, r.id)] = None
+                report.counts["skipped"] += len(page.unreadable)
                 cursor = page.cursor if page.cursor is not None else cursor
                 if not page.more:
                     break
