@@ -219,7 +219,7 @@ def test_condition_fires_when_it_becomes_true_not_while_it_holds(
             fired_log += 1
         got = None if deal is None else float(deal[0])  # type: ignore[arg-type]
         assert got == synced, (shape, i, values, fires)
-        assert counts.get("waiting", 0) >= (0 if fires else 1), (shape, i, counts)
+        assert counts.get("waiting", 0) == (0 if fires else 1), (shape, i, counts)
     st = StateStore(f"sqlite:///{tmp_path}/state.db")
     try:
         rows = st.outcomes(record="esign.document:D-1", limit=100)
