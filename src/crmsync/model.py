@@ -137,6 +137,8 @@ class Action(StrEnum):
     SKIPPED = "skipped"
     # Not synced because the source record does not pass the link's filter.
     FILTERED = "filtered"
+    # Not synced because its trigger's condition did not become true now.
+    WAITING = "waiting"
     REJECTED = "rejected"
     FAILED = "failed"
 

@@ -73,7 +73,7 @@ class BatchResult:
 
 # Outcomes that are not logged: a record the run meets again with one of these
 # after its migration scan is the scan's record again (see RunTally).
-_UNLOGGED = frozenset({("unchanged",), ("waiting",)})
+_UNLOGGED = frozenset({("unchanged",)})
 
 
 @dataclass(slots=True)
@@ -85,8 +85,8 @@ class RunTally:
     the scan wrote, and the lookback overlap). ``seen`` holds the records the
     drain counted (bounded by the changes captured, never the table size); the
     scan's logged records are found in the log by run id; a record the scan
-    found unchanged or waiting is not logged, so a drain outcome that is not
-    logged either is taken as that record again.
+    found unchanged is not logged, so an unchanged drain outcome after a scan is
+    taken as that record again.
     """
 
     run_id: int | None
@@ -250,8 +250,9 @@ class Applier:
             records.update(self.source.read(self.sobj, need))
 
         seen_rows: list[tuple[str, dict[str, Any]]] = []
+        waiting: dict[str, Identity | None] = {}
         if link.trigger is not None:
-            pairs = self._fire(pairs, records, seen_rows, res)
+            pairs, waiting = self._fire(pairs, records, seen_rows)
 
         new_ids = [
             sid
@@ -272,6 +273,15 @@ class Applier:
         erased_related = self._erased_related(targets)
 
         decided: list[_Pending] = []
+        for sid, ident in waiting.items():
+            out = Outcome(
+                name,
+                sid,
+                ident.target_id if ident is not None else None,
+                Action.WAITING,
+                message="not synced: its trigger condition did not become true now",
+            )
+            decided.append(_Pending(sid, None, out, None, None, None, save_identity=False))
         creates: list[dict[str, Any]] = []
         t_updates: list[tuple[str, dict[str, Any]]] = []
         t_deletes: list[str] = []
@@ -606,14 +616,15 @@ class Applier:
         pairs: dict[str, Identity | None],
         records: dict[str, Record],
         seen_rows: list[tuple[str, dict[str, Any]]],
-        res: BatchResult,
-    ) -> dict[str, Identity | None]:
-        """Keep only the records whose trigger fires now; note what was seen of all."""
+    ) -> tuple[dict[str, Identity | None], dict[str, Identity | None]]:
+        """Split the pairs into those whose trigger fires now and those waiting;
+        note what was seen of all."""
         link = self.link
         assert link.trigger is not None
         with self.state.connect() as c:
             seen = self.state.trigger_seen(c, link.name, [s for s in pairs if s in records])
         kept: dict[str, Identity | None] = {}
+        waiting: dict[str, Identity | None] = {}
         for sid, ident in pairs.items():
             rec = records.get(sid)
             if rec is None:
@@ -626,8 +637,8 @@ class Applier:
             if link.trigger(prev, rec.values):
                 kept[sid] = ident
             else:
-                res.note(sid, "waiting")  # its condition did not become true now
-        return kept
+                waiting[sid] = ident
+        return kept, waiting
 
     def _decide_delete(
         self,
@@ -803,6 +814,8 @@ def outcome_status(out: Outcome) -> str:
         return "skipped"
     if out.action is Action.FILTERED:
         return "filtered"
+    if out.action is Action.WAITING:
+        return "waiting"
     return "ok"
 
 
