@@ -53,6 +53,10 @@ SUMMARY_KEYS = (
 )
 
 
+# Outcomes that change nothing: not shown as sample changes.
+_NOT_CHANGES = frozenset({Action.UNCHANGED, Action.FILTERED, Action.WAITING})
+
+
 @dataclass(slots=True)
 class LinkReport:
     """What one run did. Each record is counted once per run, under the first
@@ -73,7 +77,7 @@ class LinkReport:
         if len(self.samples) < max_samples:
             for o in res.outcomes:
                 if (
-                    o.action is not Action.UNCHANGED
+                    o.action not in _NOT_CHANGES
                     and not o.quiet
                     and len(self.samples) < max_samples
                 ):
