@@ -59,7 +59,7 @@ class BatchResult:
     failed_messages: dict[int, str] = field(default_factory=dict)
     # Per record (its source id; ``target:ID`` for an unpaired target record) the
     # counts it added, so a run that meets a record twice (a migrated record read
-    # again by the capture) can count it once (see runner.LinkReport).
+    # again by the capture) can count it once (see RunTally).
     records: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
 
     def note(self, record: str, *keys: str) -> None:
@@ -290,7 +290,7 @@ class Applier:
         for sid, ident in pairs.items():
             rec = records.get(sid)
             if rec is None or link.is_deleted(rec.values):
-                self._decide_delete(sid, ident, rec, res, decided, t_updates, t_deletes)
+                self._decide_delete(sid, ident, rec, decided, t_updates, t_deletes)
                 continue
             if not link.accepts(rec.values):
                 out = Outcome(
@@ -645,7 +645,6 @@ class Applier:
         sid: str,
         ident: Identity | None,
         rec: Record | None,
-        res: BatchResult,
         decided: list[_Pending],
         t_updates: list[tuple[str, dict[str, Any]]],
         t_deletes: list[str],
@@ -654,8 +653,9 @@ class Applier:
         if ident is not None and ident.deleted:
             # Its delete was handled before: a re-read is nothing new.
             out = Outcome(link.name, sid, ident.target_id, Action.UNCHANGED, quiet=True)
-            decided.append(_Pending(sid, ident.target_id, out, None, None, None,
-                                    save_identity=False))
+            decided.append(
+                _Pending(sid, ident.target_id, out, None, None, None, save_identity=False)
+            )
             return
         if ident is None or not ident.target_id:
             why = (
