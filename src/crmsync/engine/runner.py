@@ -185,6 +185,7 @@ class Engine:
                 run_id=run_id,
                 dry_run=dry_run,
                 worker=self.worker_id,
+                retry=self.retry,
             )
             if migrating:
                 self._migrate(link, src, tgt, applier, report, full, dry_run, max_samples)
@@ -223,6 +224,7 @@ class Engine:
             target_system=lc.target_system,
             run_id=run_id,
             worker=self.worker_id,
+            retry=self.retry,
         )
 
     def capture_link(self, name: str, kind: str = "scheduled") -> LinkReport:
