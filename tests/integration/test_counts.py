@@ -162,11 +162,19 @@ def check_counts_against_log(s: Setup, report: LinkReport, run_id: int) -> Count
         found = [r for r in rows if want in (r["status"], r["action"])]
         assert len(found) == counts[key], (key, counts, [(r["source_ref"], r["action"],
                                                           r["status"]) for r in rows])
-    # a create shows only what it wrote: never `updated ∅ -> ∅` (the backward email)
-    for r in rows:
-        if r["action"] == "created":
-            assert all(f["new"] is not None for f in r["fields"] if f["status"] == "updated")
-            assert "email" not in {f["field"] for f in r["fields"]}
+    # a create shows only what it wrote: never `updated ∅ -> ∅` (the backward email),
+    # neither in the log nor on the record's timeline
+    st = StateStore(f"sqlite:///{s.d}/state.db")
+    try:
+        for r in rows:
+            if r["action"] == "created":
+                assert all(f["new"] is not None for f in r["fields"]
+                           if f["status"] == "updated")
+                assert "email" not in {f["field"] for f in r["fields"]}
+                (entry,) = [a for a in st.activities(r["target_ref"]) if a["kind"] == "created"]
+                assert "name = " in entry["text"] and "email" not in entry["text"]
+    finally:
+        st.close()
     return Counter({k: v for k, v in counts.items() if v})
 
 
