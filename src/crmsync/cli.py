@@ -169,10 +169,10 @@ def _refuse_if_invalid(config: Path) -> None:
 
 
 def _summary_table(title: str, reports: list[Any]) -> Table:
-    t = Table(title=title)
+    t = Table(title=title, pad_edge=False)  # room for every count on 140 columns
     from crmsync.engine.runner import SUMMARY_KEYS
 
-    keys = tuple(k for k in SUMMARY_KEYS if k != "filtered")
+    keys = SUMMARY_KEYS
     t.add_column("link")
     t.add_column("run")
     for k in keys:
@@ -331,7 +331,9 @@ def log(
     link: LinkOpt = None,
     status: Annotated[
         str | None,
-        typer.Option(help="ok, failed, rejected, conflict, skipped, or an action: created, ..."),
+        typer.Option(
+            help="ok, failed, rejected, conflict, skipped, filtered, or an action: created, ..."
+        ),
     ] = None,
     record: Annotated[str | None, typer.Option(help="SYSTEM.OBJECT:ID")] = None,
     limit: Annotated[int, typer.Option(help="most recent N outcomes")] = 50,

@@ -137,6 +137,10 @@ class Action(StrEnum):
     MATCHED = "matched"
     DELETED = "deleted"
     SKIPPED = "skipped"
+    # Not synced because the source record does not pass the link's filter.
+    FILTERED = "filtered"
+    # Not synced because its trigger's condition did not become true now.
+    WAITING = "waiting"
     REJECTED = "rejected"
     FAILED = "failed"
 
@@ -163,10 +167,12 @@ class Outcome:
         """Every field's outcome, a create's written fields included."""
         if self.created is None:
             return self.fields
+        # A field created empty (a backward-only field, an empty source value)
+        # was not written: it is no ``updated ∅ -> ∅``.
         written = [
             FieldOutcome(k, FieldStatus.UPDATED, "target", None, v)
             for k, v in self.created.items()
-            if not k.startswith("~")
+            if not k.startswith("~") and v is not None
         ]
         return written + self.fields
 

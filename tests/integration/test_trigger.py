@@ -47,7 +47,7 @@ class Setup:
         with self.esign.begin() as c:
             c.exec_driver_sql(
                 "CREATE TABLE document (id TEXT PRIMARY KEY, amount NUMERIC(12,2), status TEXT,"
-                " updated_at DATETIME)"
+                " score INTEGER, approved BOOLEAN, updated_at DATETIME)"
             )
         with self.crm.begin() as c:
             c.exec_driver_sql(
@@ -142,3 +142,89 @@ def test_event_ops_refused_in_filters(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"only allowed in trigger\.when"):
         load_config(tmp_path / "crmsync.yaml")
     del s
+
+
+# -- thresholds fire when the condition becomes true, once ---------------------------
+# Each step: the document's values, and whether the trigger fires on them. Every
+# step also changes the amount, so a firing shows as the deal taking that amount.
+THRESHOLDS = {
+    "ge": (
+        "{field: score, op: ge, value: 50}",
+        [({"score": 10}, False), ({"score": 60}, True), ({"score": 70}, False),
+         ({"score": 90}, False), ({"score": 20}, False), ({"score": 55}, True),
+         ({"score": 55}, False)],
+    ),
+    "eq": (
+        "{field: status, op: eq, value: signed}",
+        [({"status": "draft"}, False), ({"status": "signed"}, True), ({"status": "signed"}, False),
+         ({"status": "draft"}, False), ({"status": "signed"}, True)],
+    ),
+    "in": (
+        "{field: status, op: in, value: [signed, countersigned]}",
+        [({"status": "sent"}, False), ({"status": "signed"}, True),
+         ({"status": "countersigned"}, False), ({"status": "draft"}, False),
+         ({"status": "countersigned"}, True)],
+    ),
+    "is_true": (
+        "{field: approved, op: is_true}",
+        [({"approved": False}, False), ({"approved": True}, True), ({"approved": True}, False),
+         ({"approved": None}, False), ({"approved": True}, True)],
+    ),
+    "all": (
+        "{all: [{field: score, op: ge, value: 50}, {field: approved, op: is_true}]}",
+        [({"score": 60, "approved": False}, False), ({"score": 70, "approved": True}, True),
+         ({"score": 80, "approved": True}, False), ({"score": 10, "approved": True}, False),
+         ({"score": 50, "approved": True}, True)],
+    ),
+    "any": (
+        "{any: [{field: score, op: ge, value: 50}, {field: status, op: eq, value: signed}]}",
+        [({"score": 10, "status": "draft"}, False), ({"score": 60, "status": "draft"}, True),
+         # still true through the other branch: no new occurrence
+         ({"score": 10, "status": "signed"}, False), ({"score": 10, "status": "draft"}, False),
+         ({"score": 10, "status": "signed"}, True)],
+    ),
+    "first sight": (
+        "{field: score, op: ge, value: 50}",
+        [({"score": 75}, True), ({"score": 80}, False)],
+    ),
+    "changed_to in any": (
+        "{any: [{field: status, op: changed_to, value: signed},"
+        " {field: status, op: changed_to, value: paid}]}",
+        [({"status": "draft"}, False), ({"status": "signed"}, True), ({"status": "paid"}, True),
+         ({"status": "paid"}, False)],
+    ),
+    "changed with a threshold": (
+        "{all: [{field: score, op: changed}, {field: status, op: eq, value: signed}]}",
+        [({"score": 1, "status": "signed"}, True), ({"score": 1, "status": "signed"}, False),
+         ({"score": 2, "status": "signed"}, True), ({"score": 3, "status": "draft"}, False)],
+    ),
+}
+
+
+@pytest.mark.parametrize("shape", list(THRESHOLDS))
+def test_condition_fires_when_it_becomes_true_not_while_it_holds(
+    tmp_path: Path, shape: str
+) -> None:
+    when, steps = THRESHOLDS[shape]
+    s = Setup(tmp_path, when=when)
+    synced: float | None = None
+    fired_log = 0
+    for i, (values, fires) in enumerate(steps):
+        amount = 100.0 + i
+        s.doc("D-1", amount=f"{amount:.2f}", **values)
+        counts = s.sync()
+        deal = s.deals().get("D-1")
+        if fires:
+            synced = amount
+            fired_log += 1
+        got = None if deal is None else float(deal[0])  # type: ignore[arg-type]
+        assert got == synced, (shape, i, values, fires)
+        assert counts.get("waiting", 0) == (0 if fires else 1), (shape, i, counts)
+    st = StateStore(f"sqlite:///{tmp_path}/state.db")
+    try:
+        rows = st.outcomes(record="esign.document:D-1", limit=100)
+    finally:
+        st.close()
+    # one logged outcome per firing, and one `waiting` per pass that did not fire
+    assert len([r for r in rows if r["action"] != "waiting"]) == fired_log
+    assert len([r for r in rows if r["status"] == "waiting"]) == len(steps) - fired_log

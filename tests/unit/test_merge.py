@@ -135,3 +135,118 @@ def test_both_way_fields_converge(data: st.DataObject, policy: ConflictPolicy) -
     m = merge(plans, src, tgt, shadow, policy, data.draw(st.sampled_from([True, False, None])))
     apply_result(src, tgt, m)
     assert src == tgt == m.shadow
+
+
+# -- first pairing: no shadow, so an empty value never erases a filled one -------------
+
+POLICIES = [
+    (ConflictPolicy.SOURCE, None),
+    (ConflictPolicy.TARGET, None),
+    (ConflictPolicy.NEWEST, True),
+    (ConflictPolicy.NEWEST, False),
+    (ConflictPolicy.NEWEST, None),
+]
+CASES = ["source_empty", "target_empty", "both_filled", "both_equal", "both_empty"]
+
+
+def _first_pairing_values(case: str, empty: Any) -> tuple[Any, Any]:
+    other_empty = "" if empty is None else None  # the other spelling of empty
+    return {
+        "source_empty": (empty, "T"),
+        "target_empty": ("S", empty),
+        "both_filled": ("S", "T"),
+        "both_equal": ("X", "X"),
+        "both_empty": (empty, other_empty),
+    }[case]
+
+
+def _expected(case: str, d: Direction, policy: ConflictPolicy, newer: bool | None,
+              s: Any, t: Any) -> tuple[Any, Any]:
+    """(source, target) after the first pairing, by the documented rule."""
+    if case == "source_empty":
+        return (t, t) if d is not Direction.FORWARD else (s, t)
+    if case == "target_empty":
+        return (s, s) if d is not Direction.BACKWARD else (s, t)
+    if case == "both_filled":
+        if d is Direction.FORWARD:
+            return s, s
+        if d is Direction.BACKWARD:
+            return t, t
+        source_wins = policy is ConflictPolicy.SOURCE or (
+            policy is ConflictPolicy.NEWEST and newer is not False
+        )
+        return (s, s) if source_wins else (t, t)
+    return s, t  # equal, or both empty: nothing is written
+
+
+@pytest.mark.parametrize(("policy", "newer"), POLICIES, ids=lambda v: str(getattr(v, "value", v)))
+@pytest.mark.parametrize("empty", [None, ""], ids=["null", "blank"])
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("direction", list(Direction), ids=lambda d: d.value)
+def test_first_pairing_fills_the_empty_side_never_erases(
+    policy: ConflictPolicy, newer: bool | None, empty: Any, case: str, direction: Direction
+) -> None:
+    p = [plan("phone", direction)]
+    s0, t0 = _first_pairing_values(case, empty)
+    src, tgt = {"phone": s0}, {"phone": t0}
+    m = merge(p, src, tgt, None, policy, newer)
+    apply_result(src, tgt, m)
+    want = _expected(case, direction, policy, newer, s0, t0)
+    assert (src["phone"], tgt["phone"]) == want
+    # nothing filled became empty, and nothing was written for nothing
+    for before, after in ((s0, src["phone"]), (t0, tgt["phone"])):
+        assert not (before not in (None, "") and after in (None, ""))
+    written = {**m.source_updates, **m.target_updates}
+    assert all(v not in (None, "") for v in written.values())
+    (f,) = m.fields
+    if case in ("both_equal", "both_empty") or want == (s0, t0):
+        assert f.status is FieldStatus.UNCHANGED and not written
+    elif case == "both_filled" and direction is Direction.BOTH:
+        assert f.status is FieldStatus.CONFLICT and "first pairing" in (f.reason or "")
+    else:
+        assert f.status is FieldStatus.UPDATED and f.new not in (None, "")
+    # what was written is now the base: the next pass is quiet
+    m2 = merge(p, src, tgt, m.shadow, policy, newer)
+    assert m2.target_updates == {} and m2.source_updates == {}
+    assert m2.fields[0].status is FieldStatus.UNCHANGED
+
+
+def test_first_pairing_without_base_waits_for_the_empty_side_to_be_filled() -> None:
+    """A forward field left alone at first pairing (empty source) flows once the
+    source gets a value, and a later emptying at the source is a real change."""
+    p = [plan("phone", Direction.FORWARD)]
+    m = merge(p, {"phone": None}, {"phone": "+46 2"}, None, ConflictPolicy.TARGET, None)
+    assert m.target_updates == {} and "phone" not in m.shadow
+    m = merge(p, {"phone": "+46 9"}, {"phone": "+46 2"}, m.shadow, ConflictPolicy.TARGET, None)
+    assert m.target_updates == {"phone": "+46 9"} and m.shadow == {"phone": "+46 9"}
+    # with a base, emptying the field at the source is a change that flows
+    m = merge(p, {"phone": None}, {"phone": "+46 9"}, m.shadow, ConflictPolicy.TARGET, None)
+    assert m.target_updates == {"phone": None}
+
+
+def test_a_new_mapping_on_an_old_pair_is_a_first_pairing_for_that_field() -> None:
+    p = [plan("name", Direction.BOTH), plan("phone", Direction.BOTH)]
+    shadow = {"name": "A"}  # phone was mapped after the pair was made
+    m = merge(p, {"name": "A", "phone": "+46 2"}, {"name": "A", "phone": ""}, shadow,
+              ConflictPolicy.TARGET, None)
+    assert m.target_updates == {"phone": "+46 2"} and m.source_updates == {}
+
+
+def test_null_and_blank_are_the_same_empty_after_pairing_too() -> None:
+    p = [plan("phone", Direction.BOTH)]
+    m = merge(p, {"phone": None}, {"phone": ""}, {"phone": None}, ConflictPolicy.TARGET, None)
+    assert m.target_updates == {} and m.source_updates == {}
+    assert m.fields[0].status is FieldStatus.UNCHANGED
+
+
+def test_unconvertible_source_value_is_not_erased_by_an_empty_target_at_first_pairing() -> None:
+    def to_int(v: Any) -> Any:
+        if isinstance(v, str) and not v.isdigit():
+            raise ValueError(f"expected a number, got {v!r}")
+        return None if v is None else int(v)
+
+    p = [plan("n", Direction.BACKWARD, to_int)]
+    m = merge(p, {"n": "lots"}, {"n": None}, None, ConflictPolicy.TARGET, None)
+    assert m.source_updates == {} and m.fields[0].status is FieldStatus.UNCHANGED
+    m = merge(p, {"n": "lots"}, {"n": 5}, None, ConflictPolicy.TARGET, None)
+    assert m.source_updates == {"n": 5}

@@ -42,7 +42,9 @@ def activity_text(
     head = HEADLINES.get(out.action)
     if head is None:
         return None
-    if out.matched and out.action is Action.UPDATED:
+    if out.action is Action.MATCHED and any(
+        f.status is FieldStatus.UPDATED and f.side == "target" for f in out.fields
+    ):
         head = "Sync completed: matched an existing record and updated it"
     lines = [f"{head} (crmsync link {out.link}, from {source_ref})"]
     if out.action is Action.FAILED and out.message:
@@ -60,7 +62,11 @@ def activity_text(
         elif f.status is FieldStatus.REJECTED:
             rejected.append(f"{f.field}: {f.reason or 'refused'}")
     if out.action is Action.CREATED and isinstance(out.created, dict):
-        own = [f"{k} = {_show(v)}" for k, v in sorted(out.created.items()) if k[:1] != "~"]
+        own = [
+            f"{k} = {_show(v)}"
+            for k, v in sorted(out.created.items())
+            if k[:1] != "~" and v is not None  # created empty: nothing written
+        ]
     if own:
         lines.append("Fields updated: " + "; ".join(own))
     for ref, items in rel.items():

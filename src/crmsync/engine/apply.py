@@ -19,6 +19,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -28,6 +29,7 @@ from crmsync.engine.activity import activity_text
 from crmsync.engine.convert import to_json
 from crmsync.engine.link import CompiledLink
 from crmsync.engine.merge import create_values, merge
+from crmsync.engine.retry import RetryPolicy
 from crmsync.engine.trigger import seen_values
 from crmsync.model import (
     Action,
@@ -55,6 +57,60 @@ class BatchResult:
     outcomes: list[Outcome] = field(default_factory=list)
     # message ids whose record failed, with the reason
     failed_messages: dict[int, str] = field(default_factory=dict)
+    # Per record (its source id; ``target:ID`` for an unpaired target record) the
+    # counts it added, so a run that meets a record twice (a migrated record read
+    # again by the capture) can count it once (see RunTally).
+    records: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
+
+    def note(self, record: str, *keys: str) -> None:
+        for k in keys:
+            self.counts[k] += 1
+        self.records.append((record, keys))
+
+    def count(self, out: Outcome) -> None:
+        self.note(out.source_id or f"target:{out.target_id}", *count_keys(out))
+
+
+# Outcomes that are not logged: a record the run meets again with one of these
+# after its migration scan is the scan's record again (see RunTally).
+_UNLOGGED = frozenset({("unchanged",)})
+
+
+@dataclass(slots=True)
+class RunTally:
+    """What one run has counted, so each record is counted (and logged) once per run.
+
+    A run meets a record more than once: in two drain batches, or in its
+    migration scan and again in the drain (the capture re-reads the records
+    the scan wrote, and the lookback overlap). ``seen`` holds the records the
+    drain counted (bounded by the changes captured, never the table size); the
+    scan's logged records are found in the log by run id; a record the scan
+    found unchanged is not logged, so an unchanged drain outcome after a scan is
+    taken as that record again.
+    """
+
+    run_id: int | None
+    seen: set[str] = field(default_factory=set)
+    scanned: bool = False  # a migration scan ran earlier in this run
+
+    def met(self, state: StateStore, prefix: str, rids: list[str]) -> set[str]:
+        """The records of ``rids`` this run has counted already."""
+        met = {r for r in rids if r in self.seen}
+        if self.scanned and self.run_id is not None:
+            refs = [prefix + r for r in rids if r not in met]
+            if refs:
+                met |= {r[len(prefix):] for r in state.logged_in_run(self.run_id, refs)}
+        return met
+
+    def settle(self, res: BatchResult, met: set[str]) -> None:
+        """Drop from ``res``'s counts the records this run had counted already."""
+        for rid, keys in res.records:
+            if rid in met or (self.scanned and keys in _UNLOGGED):
+                for k in keys:
+                    res.counts[k] -= 1
+                    if not res.counts[k]:
+                        del res.counts[k]
+            self.seen.add(rid)
 
 
 @dataclass(slots=True)
@@ -142,6 +198,7 @@ class Applier:
         run_id: int | None,
         dry_run: bool = False,
         worker: str | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self.link = link
         self.state = state
@@ -155,6 +212,7 @@ class Applier:
         self.run_id = run_id
         self.dry_run = dry_run
         self.worker = worker
+        self.retry = retry or RetryPolicy()
         self.activities = not dry_run and target.capabilities.activities
         # Whether notes may be waiting for delivery: checked once at the start (a
         # backlog from an earlier run), then only after new ones or a failed try,
@@ -170,13 +228,15 @@ class Applier:
         pre_read: dict[str, Record] | None = None,
         on_commit: Callable[[sa.Connection], None] | None = None,
         failures_to_queue: bool = False,
+        tally: RunTally | None = None,
     ) -> BatchResult:
         """Apply ``items``; ``pre_read`` holds source records already read (a scan page).
 
         ``on_commit`` runs inside the state transaction (to advance a scan
         position with the results). With ``failures_to_queue`` records whose
         write failed become queue messages, so a migration's failures are
-        retried and listed like any other.
+        retried and listed like any other. With ``tally`` a record the run has
+        counted already is not counted again, nor logged again unless written.
         """
         link = self.link
         res = BatchResult()
@@ -203,7 +263,7 @@ class Applier:
             ident = ident_t.get(it.record_id)
             if ident is None:
                 # A target record crmsync never paired: nothing flows back from it.
-                res.counts["unpaired"] += 1
+                res.note(f"target:{it.record_id}", "unpaired")
                 continue
             pairs.setdefault(ident.source_id, ident)
             if it.message_id is not None:
@@ -215,8 +275,10 @@ class Applier:
             erased = self.state.erased_pairs(c, self.sprefix, self.tprefix, pairs)
         for sid in erased:
             del pairs[sid]
-        if erased:
-            res.counts["erased"] += len(erased)
+            res.note(sid, "erased")
+        met: set[str] = set()
+        if tally is not None:
+            met = tally.met(self.state, self.sprefix, [*pairs, *erased])
 
         records: dict[str, Record] = dict(pre_read) if pre_read else {}
         need = [sid for sid in pairs if sid not in records]
@@ -224,8 +286,9 @@ class Applier:
             records.update(self.source.read(self.sobj, need))
 
         seen_rows: list[tuple[str, dict[str, Any]]] = []
+        waiting: dict[str, Identity | None] = {}
         if link.trigger is not None:
-            pairs = self._fire(pairs, records, seen_rows, res)
+            pairs, waiting = self._fire(pairs, records, seen_rows)
 
         new_ids = [
             sid
@@ -246,6 +309,15 @@ class Applier:
         erased_related = self._erased_related(targets)
 
         decided: list[_Pending] = []
+        for sid, ident in waiting.items():
+            out = Outcome(
+                name,
+                sid,
+                ident.target_id if ident is not None else None,
+                Action.WAITING,
+                message="not synced: its trigger condition did not become true now",
+            )
+            decided.append(_Pending(sid, None, out, None, None, None, save_identity=False))
         creates: list[dict[str, Any]] = []
         t_updates: list[tuple[str, dict[str, Any]]] = []
         t_deletes: list[str] = []
@@ -254,10 +326,17 @@ class Applier:
         for sid, ident in pairs.items():
             rec = records.get(sid)
             if rec is None or link.is_deleted(rec.values):
-                self._decide_delete(sid, ident, rec, res, decided, t_updates, t_deletes)
+                self._decide_delete(sid, ident, rec, decided, t_updates, t_deletes)
                 continue
             if not link.accepts(rec.values):
-                res.counts["filtered"] += 1
+                out = Outcome(
+                    name,
+                    sid,
+                    ident.target_id if ident is not None else None,
+                    Action.FILTERED,
+                    message="not synced: does not pass the link's filter",
+                )
+                decided.append(_Pending(sid, None, out, None, None, None, save_identity=False))
                 continue
             if ident is None:
                 tid = matched.get(sid)
@@ -269,7 +348,16 @@ class Applier:
                         )
                         continue
                     if not link.config.create:
-                        res.counts["skipped"] += 1
+                        out = Outcome(
+                            name,
+                            sid,
+                            None,
+                            Action.SKIPPED,
+                            message="no matching target record, and the link does not create",
+                        )
+                        decided.append(
+                            _Pending(sid, None, out, None, None, None, save_identity=False)
+                        )
                         continue
                     values, shadow, fouts = create_values(link.plans, rec.values)
                     err = self._add_match_values(values, rec.values)
@@ -289,8 +377,17 @@ class Applier:
                     creates.append(values)
                     continue
                 trec = targets.get(tid)
-                if trec is None:  # matched a moment ago, gone now: try again later
-                    res.counts["skipped"] += 1
+                if trec is None:  # matched a moment ago, gone now: the next change retries
+                    out = Outcome(
+                        name,
+                        sid,
+                        None,
+                        Action.SKIPPED,
+                        message=f"the matching target record {tid} disappeared while pairing",
+                    )
+                    decided.append(
+                        _Pending(sid, None, out, None, None, None, save_identity=False)
+                    )
                     continue
                 base: dict[str, Any] | None = None
                 first = True
@@ -317,7 +414,9 @@ class Applier:
                 _hold_refused(m, base, {pl.source: pl.key for pl in link.plans})
             wrote = bool(m.target_updates or m.source_updates)
             _remember_rejections(m.shadow, m.fields)
-            action = Action.UPDATED if wrote else (Action.MATCHED if first else Action.UNCHANGED)
+            # A first pairing is `matched`, with whatever it wrote in its fields: one
+            # action per record, so each count is one action or status in the log.
+            action = Action.MATCHED if first else (Action.UPDATED if wrote else Action.UNCHANGED)
             if action is Action.UNCHANGED and any(
                 f.status is FieldStatus.REJECTED for f in m.fields
             ):
@@ -401,7 +500,7 @@ class Applier:
                     s_refused.get(p.source_id, {}) if p.source_write else {},
                 )
             res.outcomes.append(out)
-            _count(res.counts, out)
+            res.count(out)
             shadow_json = None
             if p.save_identity and p.shadow is not None and not self.dry_run:
                 # Encoded once: the identity's shadow and a create's log entry share it.
@@ -416,7 +515,14 @@ class Applier:
                         "deleted": p.deleted,
                     }
                 )
-            if out.action is not Action.UNCHANGED and not out.quiet:
+            again = p.source_id in met and not (
+                p.create_index is not None
+                or p.target_write
+                or p.source_write
+                or p.deleted
+                or out.action is Action.FAILED
+            )  # met before in this run and nothing written now: logged already
+            if out.action is not Action.UNCHANGED and not out.quiet and not again:
                 if out.action is Action.CREATED and shadow_json is not None:
                     fields_json = '{"created":' + shadow_json + "}"
                 else:
@@ -428,6 +534,8 @@ class Applier:
         for mid, sid in msg_pair.items():
             if sid in failed_pairs:
                 res.failed_messages[mid] = failed_pairs[sid]
+        if tally is not None:
+            tally.settle(res, met)
         if self.dry_run:
             return res
         done = [
@@ -446,9 +554,17 @@ class Applier:
             if done:
                 self.state.finish_messages(c, done, self.worker)
             if failures_to_queue:
+                # Due after the first back-off, like any failed message: not again
+                # in this run (a record fails, is counted and logged once per run).
                 for sid, err in failed_pairs.items():
                     self.state.add_failed(
-                        c, name, Side.SOURCE.value, sid, err, max_attempts=5, available_at=now
+                        c,
+                        name,
+                        Side.SOURCE.value,
+                        sid,
+                        err,
+                        max_attempts=self.retry.max_attempts,
+                        available_at=now + timedelta(seconds=self.retry.delay(1)),
                     )
             if on_commit is not None:
                 on_commit(c)
@@ -615,14 +731,15 @@ class Applier:
         pairs: dict[str, Identity | None],
         records: dict[str, Record],
         seen_rows: list[tuple[str, dict[str, Any]]],
-        res: BatchResult,
-    ) -> dict[str, Identity | None]:
-        """Keep only the records whose trigger fires now; note what was seen of all."""
+    ) -> tuple[dict[str, Identity | None], dict[str, Identity | None]]:
+        """Split the pairs into those whose trigger fires now and those waiting;
+        note what was seen of all."""
         link = self.link
         assert link.trigger is not None
         with self.state.connect() as c:
             seen = self.state.trigger_seen(c, link.name, [s for s in pairs if s in records])
         kept: dict[str, Identity | None] = {}
+        waiting: dict[str, Identity | None] = {}
         for sid, ident in pairs.items():
             rec = records.get(sid)
             if rec is None:
@@ -635,22 +752,34 @@ class Applier:
             if link.trigger(prev, rec.values):
                 kept[sid] = ident
             else:
-                res.counts["waiting"] += 1  # not (or no longer) entering the state
-        return kept
+                waiting[sid] = ident
+        return kept, waiting
 
     def _decide_delete(
         self,
         sid: str,
         ident: Identity | None,
         rec: Record | None,
-        res: BatchResult,
         decided: list[_Pending],
         t_updates: list[tuple[str, dict[str, Any]]],
         t_deletes: list[str],
     ) -> None:
         link = self.link
-        if ident is None or ident.deleted or not ident.target_id:
-            res.counts["skipped"] += 1
+        if ident is not None and ident.deleted:
+            # Its delete was handled before: a re-read is nothing new.
+            out = Outcome(link.name, sid, ident.target_id, Action.UNCHANGED, quiet=True)
+            decided.append(
+                _Pending(sid, ident.target_id, out, None, None, None, save_identity=False)
+            )
+            return
+        if ident is None or not ident.target_id:
+            why = (
+                "not found at the source and never synced: nothing to do"
+                if rec is None
+                else "deleted at the source before it was ever synced: nothing to do"
+            )
+            out = Outcome(link.name, sid, None, Action.SKIPPED, message=why)
+            decided.append(_Pending(sid, None, out, None, None, None, save_identity=False))
             return
         tid = ident.target_id
         version = _v(rec.version) if rec is not None else ident.source_version
@@ -798,17 +927,22 @@ def outcome_status(out: Outcome) -> str:
         return "conflict"
     if out.action is Action.SKIPPED:
         return "skipped"
+    if out.action is Action.FILTERED:
+        return "filtered"
+    if out.action is Action.WAITING:
+        return "waiting"
     return "ok"
 
 
-def _count(counts: Counter[str], out: Outcome) -> None:
+def count_keys(out: Outcome) -> tuple[str, ...]:
+    """The run counts one outcome adds: its action, and its status when that is
+    ``conflict`` (counted as ``conflicts``) or ``rejected``; so every count is what
+    ``crmsync log --status X`` finds for the run."""
     if out.quiet:
-        counts["unchanged"] += 1
-        return
-    counts[out.action.value] += 1
-    if out.matched and out.action is not Action.MATCHED:
-        counts["matched"] += 1
-    if out.conflicts:
-        counts["conflicts"] += 1
-    if out.rejected and out.action is not Action.REJECTED:
-        counts["rejected"] += 1
+        return ("unchanged",)
+    status = outcome_status(out)
+    if status == "conflict":
+        return (out.action.value, "conflicts")
+    if status == "rejected" and out.action is not Action.REJECTED:
+        return (out.action.value, "rejected")
+    return (out.action.value,)

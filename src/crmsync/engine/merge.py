@@ -3,15 +3,31 @@
 Every value is compared in its canonical JSON form in the *target's* terms:
 the source value mapped and converted to the target field type. The shadow
 holds, per field, the value both sides had after the last successful sync.
+An empty value is ``None`` or ``''``; two empty values are equal, whatever
+their spelling, so NULL on one side and '' on the other is no difference.
 
 Per field, with ``s`` (source), ``t`` (target) and ``b`` (shadow):
 
 * ``s == t``: unchanged; the shadow becomes ``s``.
-* only one side moved away from ``b`` (or there is no ``b``, the first
-  pairing): that side's value is written to the other side, if the field's
-  direction allows; a forward field whose target moved locally is left alone
-  until the source changes it.
-* both moved to different values: a conflict, settled by the link's policy.
+* only one side moved away from ``b``: that side's value is written to the
+  other side, if the field's direction allows; a forward field whose target
+  moved locally is left alone until the source changes it.
+* both moved to different values: a conflict, settled by the link's policy
+  (``source``, ``target``, or ``newest``: the side whose own version, its
+  ``updated_at``, is later; the source when either is unknown).
+
+First pairing (no ``b``: the pair was just matched by key, or the mapping is
+new) has no history to say which side changed, so it never erases data:
+
+* one side empty, the other filled: the filled value is copied to the empty
+  side if the field's direction allows (a forward field fills the target, a
+  backward field the source, a both-way field either), whatever the policy;
+  never the other way. A forward field with an empty source (or a backward
+  field with an empty target) is left as it is, with no base, until that
+  side gets a value.
+* both filled and different: a forward field takes the source value, a
+  backward field the target value, a both-way field the policy's winner
+  (``newest`` by each side's version), reported as a conflict.
 
 Writing exactly the winning value and recording it as the new shadow is what
 makes the echo of our own write look unchanged: no ping-pong.
@@ -73,6 +89,15 @@ def _convert(fn: Callable[[Any], Any], value: Any) -> Any:
         return Rejected(str(exc))
 
 
+def _empty(v: Any) -> bool:
+    return v is None or v == ""
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal canonical values; NULL and '' are both just empty."""
+    return a == b or (_empty(a) and _empty(b))
+
+
 def merge(
     plans: list[FieldPlan],
     src: dict[str, Any],
@@ -88,30 +113,51 @@ def merge(
     outs: list[FieldOutcome] = []
     for p in plans:
         b = shadow.get(p.key, MISSING) if shadow is not None else MISSING
+        first = b is MISSING
         t_raw = tgt.get(p.target)
         t = p.canon(t_raw)
         sv = _convert(p.forward, src.get(p.source))
+        d = p.direction
         if isinstance(sv, Rejected):
-            if p.direction is Direction.BACKWARD and (b is MISSING or t != b):
+            if d is Direction.BACKWARD and (not _empty(t) if first else not _same(t, b)):
                 _write_source(p, t_raw, t, src, su, new_shadow, outs)
-            elif p.direction is not Direction.BACKWARD:
+            elif d is not Direction.BACKWARD:
                 outs.append(FieldOutcome(p.target, FieldStatus.REJECTED, reason=sv.reason))
             else:
                 outs.append(FieldOutcome(p.target, FieldStatus.UNCHANGED))
             continue
         s = to_json(sv)
-        if s == t:
-            new_shadow[p.key] = s
+        if _same(s, t):
+            if first or not _same(s, b):
+                new_shadow[p.key] = s
             outs.append(FieldOutcome(p.target, FieldStatus.UNCHANGED))
             continue
-        s_moved = b is MISSING or s != b
-        t_moved = b is MISSING or t != b
-        d = p.direction
+        if first:
+            # No history: an empty side is filled from the other, never the
+            # reverse (see the module docstring); both filled differ here.
+            if _empty(s) or _empty(t):
+                to_target = _empty(t)
+                allowed = d is Direction.BOTH or d is (
+                    Direction.FORWARD if to_target else Direction.BACKWARD
+                )
+                if not allowed:
+                    outs.append(FieldOutcome(p.target, FieldStatus.UNCHANGED))
+                elif to_target:
+                    _write_target(p, sv, s, t, tu, new_shadow, outs)
+                else:
+                    _write_source(p, t_raw, t, src, su, new_shadow, outs)
+                continue
+            s_moved = t_moved = d is Direction.BOTH
+            if d is Direction.FORWARD:
+                s_moved = True
+            elif d is Direction.BACKWARD:
+                t_moved = True
+        else:
+            s_moved = not _same(s, b)
+            t_moved = not _same(t, b)
         if d is Direction.FORWARD:
             if s_moved:
-                tu[p.target] = sv
-                new_shadow[p.key] = s
-                outs.append(FieldOutcome(p.target, FieldStatus.UPDATED, "target", t, s))
+                _write_target(p, sv, s, t, tu, new_shadow, outs)
             else:
                 outs.append(FieldOutcome(p.target, FieldStatus.UNCHANGED))
             continue
@@ -123,36 +169,40 @@ def merge(
             continue
         # both directions
         if s_moved and not t_moved:
-            tu[p.target] = sv
-            new_shadow[p.key] = s
-            outs.append(FieldOutcome(p.target, FieldStatus.UPDATED, "target", t, s))
+            _write_target(p, sv, s, t, tu, new_shadow, outs)
         elif t_moved and not s_moved:
             _write_source(p, t_raw, t, src, su, new_shadow, outs)
         else:
             source_wins = policy is ConflictPolicy.SOURCE or (
                 policy is ConflictPolicy.NEWEST and source_is_newer is not False
             )
+            why = "the two sides differ at first pairing" if first else "both sides changed"
             if source_wins:
-                tu[p.target] = sv
-                new_shadow[p.key] = s
-                outs.append(
-                    FieldOutcome(
-                        p.target,
-                        FieldStatus.CONFLICT,
-                        "target",
-                        t,
-                        s,
-                        reason=f"both sides changed; kept the source value ({policy.value})",
-                    )
-                )
+                _write_target(p, sv, s, t, tu, new_shadow, outs)
+                outs[-1].status = FieldStatus.CONFLICT
+                outs[-1].reason = f"{why}; kept the source value ({policy.value})"
             else:
                 before = len(outs)
                 _write_source(p, t_raw, t, src, su, new_shadow, outs)
                 if len(outs) > before and outs[-1].status is FieldStatus.UPDATED:
                     o = outs[-1]
                     o.status = FieldStatus.CONFLICT
-                    o.reason = f"both sides changed; kept the target value ({policy.value})"
+                    o.reason = f"{why}; kept the target value ({policy.value})"
     return MergeResult(tu, su, new_shadow, outs)
+
+
+def _write_target(
+    p: FieldPlan,
+    sv: Any,
+    s: Any,
+    t: Any,
+    tu: dict[str, Any],
+    new_shadow: dict[str, Any],
+    outs: list[FieldOutcome],
+) -> None:
+    tu[p.target] = sv
+    new_shadow[p.key] = s
+    outs.append(FieldOutcome(p.target, FieldStatus.UPDATED, "target", t, s))
 
 
 def _write_source(

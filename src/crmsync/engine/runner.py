@@ -20,14 +20,14 @@ neither to the systems nor to the state database.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
 from crmsync.config.models import Config, LinkConfig
 from crmsync.connectors.base import Connector
-from crmsync.engine.apply import Applier, WorkItem
+from crmsync.engine.apply import Applier, BatchResult, RunTally, WorkItem
 from crmsync.engine.lease import local_owner_gone, make_worker_id
 from crmsync.engine.link import CompiledLink, compile_link
 from crmsync.engine.retry import RetryPolicy
@@ -53,21 +53,31 @@ SUMMARY_KEYS = (
 )
 
 
+# Outcomes that change nothing: not shown as sample changes.
+_NOT_CHANGES = frozenset({Action.UNCHANGED, Action.FILTERED, Action.WAITING})
+
+
 @dataclass(slots=True)
 class LinkReport:
+    """What one run did. Each record is counted once per run, under the first
+    outcome it had in the run; every counted record but a plain ``unchanged``
+    one has a logged outcome of that run (``crmsync log``)."""
+
     link: str
     kind: str
     status: str = "ok"
     counts: Counter[str] = field(default_factory=Counter)
     samples: list[Outcome] = field(default_factory=list)
     error: str | None = None
+    # What this run has counted, so the drain counts a record once (see RunTally).
+    tally: RunTally = field(default_factory=lambda: RunTally(None), repr=False)
 
-    def add(self, counts: Counter[str], outcomes: Iterable[Outcome], max_samples: int) -> None:
-        self.counts.update(counts)
+    def add(self, res: BatchResult, max_samples: int) -> None:
+        self.counts.update(res.counts)
         if len(self.samples) < max_samples:
-            for o in outcomes:
+            for o in res.outcomes:
                 if (
-                    o.action is not Action.UNCHANGED
+                    o.action not in _NOT_CHANGES
                     and not o.quiet
                     and len(self.samples) < max_samples
                 ):
@@ -75,7 +85,7 @@ class LinkReport:
 
     def summary(self) -> dict[str, int]:
         return {k: self.counts.get(k, 0) for k in SUMMARY_KEYS} | {
-            k: v for k, v in self.counts.items() if k not in SUMMARY_KEYS
+            k: v for k, v in self.counts.items() if k not in SUMMARY_KEYS and v
         }
 
 
@@ -153,6 +163,7 @@ class Engine:
         kind = "migration" if migrating and not full else ("full" if full else "incremental")
         report = LinkReport(name, kind)
         run_id = None if dry_run else self.state.start_run(name, kind)
+        report.tally.run_id = run_id
         try:
             try:
                 # Compiling reflects both systems: inside the try, so a system
@@ -174,6 +185,7 @@ class Engine:
                 run_id=run_id,
                 dry_run=dry_run,
                 worker=self.worker_id,
+                retry=self.retry,
             )
             if migrating:
                 self._migrate(link, src, tgt, applier, report, full, dry_run, max_samples)
@@ -212,6 +224,7 @@ class Engine:
             target_system=lc.target_system,
             run_id=run_id,
             worker=self.worker_id,
+            retry=self.retry,
         )
 
     def capture_link(self, name: str, kind: str = "scheduled") -> LinkReport:
@@ -302,7 +315,8 @@ class Engine:
                 on_commit=None if dry_run else commit,
                 failures_to_queue=True,
             )
-            report.add(res.counts, res.outcomes, max_samples)
+            report.add(res, max_samples)
+            report.tally.scanned = True
             done += len(page)
             self.progress(name, "migrate", done, total)
             after = last
@@ -434,7 +448,7 @@ class Engine:
             return 0
         items = [WorkItem(Side(m.side), m.record_id, m.id) for m in msgs]
         try:
-            res = applier.apply(items)
+            res = applier.apply(items, tally=report.tally)
         except SystemUnavailable as exc:
             # Unreachable: wait without spending attempts; the caller pauses.
             with self.state.begin() as c:
@@ -471,7 +485,7 @@ class Engine:
                         spend_attempt=True,
                         max_attempts=self.retry.max_attempts,
                     )
-        report.add(res.counts, res.outcomes, max_samples)
+        report.add(res, max_samples)
         return len(msgs)
 
     def _plan_changes(
@@ -516,5 +530,5 @@ class Engine:
         keys = list(work)
         for i in range(0, len(keys), link.batch_size):
             chunk = keys[i : i + link.batch_size]
-            res = applier.apply([WorkItem(side, rid) for side, rid in chunk])
-            report.add(res.counts, res.outcomes, max_samples)
+            res = applier.apply([WorkItem(side, rid) for side, rid in chunk], tally=report.tally)
+            report.add(res, max_samples)

@@ -1,18 +1,30 @@
-"""Event triggers: sync a record once, when it enters a state.
+"""Event triggers: sync a record once, when its condition becomes true.
 
-``trigger: {when: <criteria>}`` may use, besides the filter operators, two
-that compare what crmsync saw last time with what it sees now:
+``trigger: {when: <criteria>}`` takes the filter operators (``score ge 50``,
+``status eq signed``, ``in``, ``is_true``, ... joined by ``all``/``any``) and
+two that compare what crmsync saw last time with what it sees now:
 
 * ``changed``: the field's value differs from the last one seen;
 * ``changed_to``: the field now has ``value`` and did not have it last time.
 
-A record seen for the first time counts as changed from nothing. Other
-operators test the current values. The last-seen values of the trigger's
-fields are kept per record in the state database, committed with the apply,
-so a re-delivered or re-read record with the same values never fires again.
-Changes that come and go between two reads are not seen (crmsync compares
-states, not events): a status that goes draft -> signed -> draft before the
-record is read does not fire.
+A trigger fires when its condition becomes true for a record, from false to
+true against what crmsync last saw of it, and then not again while the
+condition keeps holding: ``score ge 50`` fires when the score reaches 50, not
+on every later change while it stays above; if the score drops below 50 and
+comes back, it fires again. Formally, it fires when the condition holds now
+and did not hold on the values last seen, where ``changed``/``changed_to``
+are moments, never standing states: a condition with one of them fires each
+time that change happens while the rest holds (``all: [{amount changed},
+{status eq signed}]`` fires on every change of the amount of a signed
+record). A record seen for the first time counts as changed from nothing,
+and nothing held before it.
+
+The last-seen values of the trigger's fields are kept per record in the
+state database, committed with the apply, so a re-delivered or re-read record
+with the same values never fires again; a record whose write failed keeps
+its old seen values, so it fires again. Changes that come and go between two
+reads are not seen (crmsync compares states, not events): a status that goes
+draft -> signed -> draft before the record is read does not fire.
 """
 
 from __future__ import annotations
@@ -22,8 +34,8 @@ from typing import Any
 
 from crmsync.config.models import AllOf, AnyOf, Condition, Criteria, Op
 from crmsync.engine import filters
-from crmsync.engine.convert import ConversionError, to_json
-from crmsync.model import ObjectSpec
+from crmsync.engine.convert import ConversionError, converter, to_json
+from crmsync.model import FieldSpec, ObjectSpec
 
 # prev values (None: never seen), current values -> fires?
 Trigger = Callable[[dict[str, Any] | None, dict[str, Any]], bool]
@@ -65,13 +77,63 @@ def trigger_problems(c: Criteria, spec: ObjectSpec, path: str = "") -> list[tupl
 
 
 def compile_trigger(c: Criteria, spec: ObjectSpec) -> Trigger:
+    """fires(prev, cur): the condition holds on ``cur`` and did not hold on ``prev``."""
+    now = _now(c, spec)
+    held = _held(c, spec)
+    decode = _decoder(trigger_fields(c), spec)
+
+    def fires(prev: dict[str, Any] | None, cur: dict[str, Any]) -> bool:
+        if not now(prev, cur):
+            return False
+        # Already true when last seen: not a new occurrence.
+        return prev is None or not held(decode(prev))
+
+    return fires
+
+
+def _now(c: Criteria, spec: ObjectSpec) -> Trigger:
+    """The condition on the transition prev -> cur (event ops compare the two)."""
     if isinstance(c, AllOf):
-        parts = [compile_trigger(x, spec) for x in c.all]
+        parts = [_now(x, spec) for x in c.all]
         return lambda prev, cur: all(p(prev, cur) for p in parts)
     if isinstance(c, AnyOf):
-        parts = [compile_trigger(x, spec) for x in c.any]
+        parts = [_now(x, spec) for x in c.any]
         return lambda prev, cur: any(p(prev, cur) for p in parts)
     return _condition(c, spec)
+
+
+def _held(c: Criteria, spec: ObjectSpec) -> filters.Predicate:
+    """The condition as a standing state of the values last seen: an event
+    (``changed``, ``changed_to``) is a moment, so it never 'already held'."""
+    if isinstance(c, AllOf):
+        parts = [_held(x, spec) for x in c.all]
+        return lambda r: all(p(r) for p in parts)
+    if isinstance(c, AnyOf):
+        parts = [_held(x, spec) for x in c.any]
+        return lambda r: any(p(r) for p in parts)
+    if c.op in EVENT_OPS:
+        return lambda r: False
+    return filters.compile_criteria(c, spec)
+
+
+def _decoder(fields: set[str], spec: ObjectSpec) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """Seen values are canonical JSON; filters compare typed values (Decimal, date)."""
+    convs = {
+        f: converter(None, FieldSpec(f, spec.fields[f].type, nullable=True))
+        for f in fields
+        if f in spec.fields
+    }
+
+    def decode(seen: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f, conv in convs.items():
+            try:
+                out[f] = conv(seen.get(f))
+            except ConversionError:
+                out[f] = None  # remembered under another type: treat as unknown
+        return out
+
+    return decode
 
 
 def _condition(c: Condition, spec: ObjectSpec) -> Trigger:

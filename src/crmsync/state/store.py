@@ -652,6 +652,18 @@ class StateStore:
             r["fields"] = expand_fields(json.loads(r["fields"]))
         return rows
 
+    def logged_in_run(self, run_id: int, refs: Sequence[str]) -> set[str]:
+        """Which of the source refs already have an outcome logged by run ``run_id``."""
+        o = S.outcomes
+        found: set[str] = set()
+        with self.connect() as c:
+            for chunk in _chunks(list(refs), 500):
+                q = sa.select(o.c.source_ref).where(
+                    o.c.run_id == run_id, o.c.source_ref.in_(chunk)
+                )
+                found.update(r[0] for r in c.execute(q))
+        return found
+
     def runs(self, link: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
         r = S.runs
         q = sa.select(r).order_by(r.c.id.desc()).limit(limit)
@@ -1338,7 +1350,7 @@ def expand_fields(stored: Any) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = [
         {"field": k, "status": "updated", "side": "target", "old": None, "new": v}
         for k, v in shadow.items()
-        if not k.startswith("~")
+        if not k.startswith("~") and v is not None  # created empty: nothing written
     ]
     for k, reason in shadow.get("~rejected", {}).items():
         out.append({"field": k, "status": "rejected", "reason": reason})
