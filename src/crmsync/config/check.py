@@ -17,7 +17,7 @@ from crmsync.connectors.base import Connector
 # Module import, not names: engine.filters imports config.models, which runs this package.
 from crmsync.engine import filters
 from crmsync.engine.convert import ConversionError, compatible, converter, is_scalar
-from crmsync.errors import CrmsyncError, SchemaError, SystemUnavailable
+from crmsync.errors import CrmsyncError, SchemaError, SettingError, SystemUnavailable
 from crmsync.model import FieldSpec, FieldType, ObjectSpec
 
 Problem = tuple[str, str]
@@ -89,6 +89,12 @@ class _Checker:
                 except SchemaError as err:
                     self.add(f"{opath}.{err.key}" if err.key else opath, err.user_message)
                     continue
+                except SettingError as err:
+                    # Refused credentials, unknown database, missing SQLite file: a
+                    # config problem even when unreachable systems are tolerated.
+                    self.add(err.key, err.user_message)
+                    self.unreachable.add(sname)
+                    break
                 except SystemUnavailable as err:
                     if self.unreachable_ok:
                         self.unreachable.add(sname)

@@ -22,7 +22,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from crmsync.errors import StateError
+from crmsync.errors import SettingError, StateError, StateUnavailable, refused_connect
 from crmsync.state import schema as S
 
 _JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str)
@@ -88,6 +88,10 @@ class StateStore:
 
     # -- opening -----------------------------------------------------------
     def _open(self, url: str, readonly: bool) -> sa.Engine:
+        from crmsync.config.loader import sql_url_problem
+
+        if (why := sql_url_problem(url)) is not None:
+            raise SettingError("state", f"state database: {why}")
         u = sa.engine.make_url(url)
         if u.get_backend_name() == "sqlite":
             db = u.database or ""
@@ -108,10 +112,37 @@ class StateStore:
                 )
                 self._install_pragmas(eng, wal=False)
                 return eng
+            if db and db != ":memory:" and not db.startswith("file:"):
+                folder = Path(db).resolve().parent
+                if not folder.is_dir():
+                    raise SettingError(
+                        "state",
+                        f"state database: the folder {str(folder)!r} does not exist "
+                        "(crmsync creates the file, not its folder)",
+                    )
             eng = sa.create_engine(url, hide_parameters=True)
             self._install_pragmas(eng, wal=True)
             return eng
-        return sa.create_engine(url, hide_parameters=True, pool_pre_ping=True)
+        eng = sa.create_engine(url, hide_parameters=True, pool_pre_ping=True)
+        sa.event.listen(eng, "handle_error", self._connect_error)
+        return eng
+
+    @staticmethod
+    def _connect_error(ctx: sa.engine.ExceptionContext) -> None:
+        """A failure to connect to a state server, in words: config or outage."""
+        if ctx.connection is not None or ctx.is_pre_ping:
+            return  # a statement's error, or the pool probing: handled elsewhere
+        exc = ctx.sqlalchemy_exception
+        if not isinstance(exc, sa.exc.OperationalError):
+            return
+        from crmsync.config.secrets import redact  # lazy: config imports this module
+
+        why = refused_connect(ctx.dialect.name, exc.orig)
+        text = str(exc.orig).strip().splitlines()
+        detail = redact(text[0] if text else type(exc.orig).__name__)
+        if why is not None:
+            raise SettingError("state", f"state database: {why} ({detail})") from None
+        raise StateUnavailable(f"the state database cannot be reached: {detail}") from None
 
     @staticmethod
     def _install_pragmas(eng: sa.Engine, *, wal: bool) -> None:
