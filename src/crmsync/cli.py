@@ -125,6 +125,13 @@ def _live_problems(
 
     # read-only: check writes nothing; push-only systems describe from config
     state = StateStore(config.state, readonly=True)
+    try:
+        # Reach the state database now: a refused password or unknown database
+        # is reported against `state:` (exit 2), a server that is down exits 3.
+        state.version()
+    except BaseException:
+        state.close()
+        raise
     connectors = build_connectors(config, state)
     try:
         return check_config(
@@ -140,10 +147,13 @@ def _live_problems(
 def check(config: ConfigOpt = Path("crmsync.yaml")) -> None:
     """Validate the config file and the live systems it names."""
     cfg, smap = _load_with_lines(config)
+    from crmsync.config.check import UNREACHABLE
+
     problems = _live_problems(cfg, config, smap)
     if problems:
         _print_problems(problems, "found")
-        raise typer.Exit(EXIT_CONFIG)
+        down = all(msg.startswith(UNREACHABLE) for _, msg in problems)
+        raise typer.Exit(EXIT_UNREACHABLE if down else EXIT_CONFIG)
     t = Table(title=f"{config}: OK")
     for col in ("link", "source", "target", "direction", "fields", "match", "filter"):
         t.add_column(col)

@@ -21,6 +21,9 @@ from crmsync.errors import CrmsyncError, SchemaError, SettingError, SystemUnavai
 from crmsync.model import FieldSpec, FieldType, ObjectSpec
 
 Problem = tuple[str, str]
+# How a problem that is only "the system is down" starts: `check` exits 3, not 2,
+# when every problem is one of these.
+UNREACHABLE = "cannot reach "
 Locate = Callable[[str], str]
 
 
@@ -100,7 +103,7 @@ class _Checker:
                         self.unreachable.add(sname)
                         break
                     # One unreachable system gives one problem, not one per object.
-                    self.add(join_path(spath, "url"), f"cannot reach {sname}: {err.user_message}")
+                    self.add(join_path(spath, "url"), f"{UNREACHABLE}{sname}: {err.user_message}")
                     break
                 except CrmsyncError as err:
                     self.add(opath, err.user_message)

@@ -32,6 +32,15 @@ def _stop_on_signals(stop: threading.Event) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
+def _refuse_if_invalid(config: Path) -> None:
+    """The checks `sync` makes before it runs: a service must not start on a broken
+    config (exit 2) and then fail every message; a system that is down is fine,
+    its links pause."""
+    from crmsync.cli import _refuse_if_invalid as refuse
+
+    refuse(config)
+
+
 def serve(
     config: ConfigOpt = Path("crmsync.yaml"),
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
@@ -44,6 +53,7 @@ def serve(
 
     from crmsync.api.app import create_app
 
+    _refuse_if_invalid(config)
     ctx = ServiceContext.open(config)
     stop = threading.Event()
     threads = [
@@ -84,6 +94,7 @@ def serve(
 
 def worker(config: ConfigOpt = Path("crmsync.yaml"), poll: PollOpt = 0.2) -> None:
     """Run a worker only (scale out: any number, on any machine, with PostgreSQL state)."""
+    _refuse_if_invalid(config)
     ctx = ServiceContext.open(config)
     stop = threading.Event()
     _stop_on_signals(stop)

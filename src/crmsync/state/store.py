@@ -95,6 +95,14 @@ class StateStore:
         u = sa.engine.make_url(url)
         if u.get_backend_name() == "sqlite":
             db = u.database or ""
+            if db and db != ":memory:" and not db.startswith("file:"):
+                folder = Path(db).resolve().parent
+                if not folder.is_dir():
+                    raise SettingError(
+                        "state",
+                        f"state database: the folder {str(folder)!r} does not exist "
+                        "(crmsync creates the file, not its folder)",
+                    )
             if readonly and (not db or db == ":memory:" or not Path(db).exists()):
                 # A dry run against a state that does not exist yet: an empty
                 # private state, so nothing is created on disk.
@@ -112,14 +120,6 @@ class StateStore:
                 )
                 self._install_pragmas(eng, wal=False)
                 return eng
-            if db and db != ":memory:" and not db.startswith("file:"):
-                folder = Path(db).resolve().parent
-                if not folder.is_dir():
-                    raise SettingError(
-                        "state",
-                        f"state database: the folder {str(folder)!r} does not exist "
-                        "(crmsync creates the file, not its folder)",
-                    )
             eng = sa.create_engine(url, hide_parameters=True)
             self._install_pragmas(eng, wal=True)
             return eng
