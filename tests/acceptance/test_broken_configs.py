@@ -121,7 +121,7 @@ CASES: dict[str, Broken] = {
         {"crm_url": "postgres://postgres@127.0.0.1:5432/test"},
         where=f"bad.yaml:{CRM_URL_LINE} systems.crm.url", says="postgresql+psycopg://"),
     "mysql:// without driver": Broken(
-        {"crm_url": "mysql://root@127.0.0.1:3306/test"},
+        {"crm_url": "mysql://root@127.0.0.1:3306/test"}, found="systems",
         where=f"bad.yaml:{CRM_URL_LINE} systems.crm.url", says="mysql+pymysql://"),
     "state URL unknown dialect": Broken(
         {"state": "sqlit:///state.db"}, where=f"bad.yaml:{STATE_LINE} state",

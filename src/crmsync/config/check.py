@@ -172,6 +172,8 @@ class _Checker:
 
             for rel, msg in trigger_problems(link.trigger.when, replace(src, name=src_name)):
                 self.add(f"{lpath}.trigger.when.{rel}", msg)
+        if link.create and dst is not None:
+            self.check_creates(lpath, link, dst, dst_name)
         if isinstance(link.on_delete, SetAction) and dst is not None:
             for fname, value in link.on_delete.set.items():
                 path = join_path(f"{lpath}.on_delete.set", fname)
@@ -190,6 +192,27 @@ class _Checker:
                         f"{lpath}.conflict",
                         f"conflict: newest needs updated_at on the {side} object {sname}.{oname}",
                     )
+
+    def check_creates(
+        self, lpath: str, link: LinkConfig, dst: ObjectSpec, dst_name: str
+    ) -> None:
+        """Columns every create would leave empty though they may not be: each create
+        would fail (an IntegrityError per record) until the config writes them."""
+        written = {
+            m.target for m in link.fields
+            if link.mapping_direction(m) in (Direction.FORWARD, Direction.BOTH)
+        }
+        written |= set(link.match.values())
+        if dst.updated_at:
+            written.add(dst.updated_at)  # stamped by the connector on every write
+        for fs in dst.fields.values():
+            if fs.required and not fs.read_only and fs.name not in written:
+                self.add(
+                    f"{lpath}.create",
+                    f"{dst_name} column {fs.name!r} is NOT NULL without a default and no "
+                    "field maps to it, so every create would fail: map a field to it (with "
+                    "`default:` for empty values) or set create: false",
+                )
 
     def field(self, spec: ObjectSpec, name: str, obj: str, path: str) -> FieldSpec | None:
         fs = spec.fields.get(name)

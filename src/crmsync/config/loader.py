@@ -471,12 +471,12 @@ _DIALECT_HINTS = {
 }
 
 
-def sql_url_problem(url: str) -> str | None:
+def sql_url_problem(url: str, *, driver: bool = True) -> str | None:
     """Why ``url`` cannot be used as a SQLAlchemy URL here, or None.
 
     Checks what needs no server: the text parses, SQLAlchemy knows the dialect
-    and its driver is installed. The URL itself is never quoted (it may hold a
-    password); only its scheme is.
+    and (with ``driver``) its driver is installed. The URL itself is never quoted
+    (it may hold a password); only its scheme is.
     """
     import sqlalchemy as sa
 
@@ -504,6 +504,8 @@ def sql_url_problem(url: str) -> str | None:
         hint = _DIALECT_HINTS.get(parsed.get_backend_name())
         use = f"; use {hint}" if hint and hint != f"{scheme}://" else ""
         return f"unknown database kind {scheme + '://'!r}{use} (expected one of: {_URL_EXAMPLES})"
+    if not driver:
+        return None
     try:
         dialect.import_dbapi()
     except ImportError as exc:
@@ -530,17 +532,29 @@ def http_url_problem(url: str) -> str | None:
     return None
 
 
-def _url_problems(config: Config, smap: SourceMap) -> list[Problem]:
+def _url_problems(config: Config, smap: SourceMap, known: list[Problem]) -> list[Problem]:
+    """URLs that cannot work whatever the servers say. Drivers are checked when a
+    connection is built (a config can be read where a driver is not installed)."""
     problems: list[Problem] = []
-    if (why := sql_url_problem(config.state)) is not None:
-        problems.append((smap.locate("state"), f"state database: {why}"))
+    # A value already reported (an unset ${VAR}) gets no second problem.
+    said = {loc for loc, _ in known}
+    state_at = smap.locate("state")
+    why = None if state_at in said else sql_url_problem(config.state, driver=False)
+    if why is not None:
+        problems.append((state_at, f"state database: {why}"))
     for name, sys_cfg in config.systems.items():
         url = getattr(sys_cfg, "url", None)
         if not isinstance(url, str):
             continue
-        check = sql_url_problem if sys_cfg.connector == "sql" else http_url_problem
-        if (why := check(url)) is not None:
-            problems.append((smap.locate(join_path(join_path("systems", name), "url")), why))
+        where = smap.locate(join_path(join_path("systems", name), "url"))
+        if where in said:
+            continue
+        if sys_cfg.connector == "sql":
+            why = sql_url_problem(url, driver=False)
+        else:
+            why = http_url_problem(url)
+        if why is not None:
+            problems.append((where, why))
     return problems
 
 
@@ -572,7 +586,7 @@ def load_config_text(
         problems += _validation_problems(exc, data, smap)
     problems += _cross_problems(data, smap)
     if config is not None:
-        problems += _url_problems(config, smap)
+        problems += _url_problems(config, smap, problems)
     if problems:
         raise ConfigError(sort_problems(problems))
     assert config is not None

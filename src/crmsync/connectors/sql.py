@@ -136,6 +136,17 @@ def _convert(kind: str, col: Sequence[Any], sep: str) -> list[Any] | Sequence[An
     return list(map(f, col))
 
 
+def _required(c: sa.Column[Any]) -> bool:
+    """NOT NULL without any default: an insert that leaves it out fails."""
+    return (
+        not c.nullable
+        and c.server_default is None
+        and c.default is None
+        and c.computed is None
+        and c.identity is None
+    )
+
+
 def _first_line(exc: BaseException) -> str:
     orig = getattr(exc, "orig", None) or exc
     text = str(orig).strip().splitlines()
@@ -395,6 +406,7 @@ class SqlConnector(Connector):
                 scale=getattr(t, "scale", None) if ft is FieldType.DECIMAL else None,
                 choices=tuple(t.enums) if isinstance(t, sa.Enum) else None,
                 read_only=key_generated and c is key_col,
+                required=_required(c) and not (key_generated and c is key_col),
             )
         spec = ObjectSpec(
             name=obj,
