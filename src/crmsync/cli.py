@@ -243,9 +243,9 @@ def plan(
     samples: Annotated[int, typer.Option(help="sample records per link")] = 5,
 ) -> None:
     """Dry run: what a sync would do. Writes nothing anywhere."""
+    _unknown_link(_load(config), link)
     _refuse_if_invalid(config)
     with _engine(config, readonly=True) as engine:
-        _unknown_link(engine.config, link)
         reports = engine.sync(link, dry_run=True, max_samples=samples)
     out.print(_summary_table("plan (dry run: nothing was written)", reports))
     for r in reports:
@@ -280,6 +280,7 @@ def sync(
     ] = None,
 ) -> None:
     """Run the links: the first run migrates, later runs are incremental."""
+    _unknown_link(_load(config), link)  # before the state database is created
     _refuse_if_invalid(config)
     refs = []
     for text in record or []:
@@ -288,7 +289,6 @@ def sync(
         except ValueError as exc:
             raise _fail(f"--record: {exc}", 2) from None
     with _engine(config) as engine:
-        _unknown_link(engine.config, link)
         if refs:
             names = _queue_records(engine, refs, link)
             if not names:
