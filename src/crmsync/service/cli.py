@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import threading
 from pathlib import Path
 from typing import Annotated
@@ -41,10 +42,24 @@ def _refuse_if_invalid(config: Path) -> None:
     refuse(config)
 
 
+def _listen(host: str, port: int) -> socket.socket:
+    """The listening socket, or exit 2 saying why (address taken, unknown host)."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        sock = socket.create_server((host, port), family=family)
+        # Accepted sockets inherit it: small answers go out without a delayed ACK.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+    except (OSError, OverflowError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        typer.echo(f"error: cannot listen on {host}:{port}: {reason}", err=True)
+        raise typer.Exit(2) from None
+
+
 def serve(
     config: ConfigOpt = Path("crmsync.yaml"),
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="port to listen on")] = 8000,
     workers: Annotated[int, typer.Option(help="worker threads in this process")] = 1,
     poll: PollOpt = 0.2,
 ) -> None:
@@ -54,6 +69,8 @@ def serve(
     from crmsync.api.app import create_app
 
     _refuse_if_invalid(config)
+    sock = _listen(host, port)  # before anything starts: a taken port is said plainly
+    port = int(sock.getsockname()[1])
     ctx = ServiceContext.open(config)
     stop = threading.Event()
     threads = [
@@ -74,7 +91,9 @@ def serve(
     # uvicorn in a thread: then it installs no signal handlers of its own (it
     # would re-raise SIGTERM after its shutdown and kill the process before the
     # worker finishes its batch); this thread owns SIGINT/SIGTERM instead.
-    api = threading.Thread(target=server.run, name="api", daemon=True)
+    api = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name="api", daemon=True
+    )
     _stop_on_signals(stop)
     api.start()
     typer.echo(f"crmsync serving on http://{host}:{port} (API, scheduler, {workers} worker)")
