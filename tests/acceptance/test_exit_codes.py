@@ -133,3 +133,20 @@ def test_a_system_that_is_down_exits_3(work: Path) -> None:
         assert "Traceback" not in r.stdout + r.stderr
     r = cli(work, "open", "crm.company:1", "-c", "down.yaml")
     assert r.returncode == 3 and "unreachable" in r.stderr
+
+
+def test_serve_on_a_taken_port_or_a_bad_one_exits_2(work: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = cli(work, "serve", "--port", str(port))
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in r.stderr
+    assert "Traceback" not in r.stdout + r.stderr and "serving on" not in r.stdout
+    for args in (("--port", "70000"), ("--host", "no.such.host.invalid", "--port", "0")):
+        r = cli(work, "serve", *args)
+        assert r.returncode == 2, (args, r.stdout + r.stderr)
+        assert "Traceback" not in r.stdout + r.stderr
