@@ -115,7 +115,8 @@ _PG_REFUSED = (
 
 def refused_connect(dialect: str, orig: BaseException | None) -> str | None:
     """Why the server refused a connection for a reason in the URL (user, password,
-    database), in plain words; None when it is anything else (down, refused, timeout).
+    database, a file that is no database), in plain words; None when it is anything
+    else (down, refused, timeout).
 
     ``orig`` is the driver's exception (``DBAPIError.orig``).
     """
@@ -125,6 +126,9 @@ def refused_connect(dialect: str, orig: BaseException | None) -> str | None:
         args = getattr(orig, "args", ())
         code = args[0] if args and isinstance(args[0], int) else 0
         return _MYSQL_REFUSED.get(code)
+    if dialect == "sqlite":
+        # A file that is there but is something else (a typo naming another file).
+        return "the file is not a SQLite database" if "not a database" in str(orig) else None
     if dialect == "postgresql":
         text = str(orig)
         if "FATAL:" in text:  # refused at connect, not a statement's error

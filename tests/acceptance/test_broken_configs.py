@@ -135,6 +135,12 @@ CASES: dict[str, Broken] = {
     "mistyped SQLite path": Broken(
         {"crm_url": "sqlite:///crm_typo.db"}, found="systems",
         where=f"bad.yaml:{CRM_URL_LINE} systems.crm.url", says="does not exist"),
+    "system file is not a database": Broken(
+        {"crm_url": "sqlite:///notes.txt"}, found="systems",
+        where=f"bad.yaml:{CRM_URL_LINE} systems.crm.url", says="not a SQLite database"),
+    "state file is not a database": Broken(
+        {"state": "sqlite:///notes.txt"}, found="state",
+        where=f"bad.yaml:{STATE_LINE} state", says="not a SQLite database"),
     "MariaDB unknown database (1049)": Broken(
         {"crm_url": f"mysql+pymysql://root@127.0.0.1:3306/{MISSING_DB}"}, found="systems",
         where=f"bad.yaml:{CRM_URL_LINE} systems.crm.url", says="database does not exist"),
@@ -176,6 +182,7 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with sqlite3.connect(work / "crm.db") as c:
         c.execute("CREATE TABLE company (id INTEGER PRIMARY KEY, org_number TEXT, name TEXT, "
                   "updated_at DATETIME)")
+    (work / "notes.txt").write_text("not a database\n" * 100)
     return work
 
 

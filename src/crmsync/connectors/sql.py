@@ -305,7 +305,7 @@ class SqlConnector(Connector):
     def _refused_setting(self, exc: BaseException) -> SettingError | None:
         """The server answered but refuses these credentials or this database: a
         config problem naming the ``url`` key, not an outage."""
-        if not isinstance(exc, sa.exc.OperationalError):
+        if not isinstance(exc, sa.exc.DatabaseError):
             return None
         why = refused_connect(self._dialect, exc.orig)
         if why is None:

@@ -119,9 +119,11 @@ class StateStore:
                     hide_parameters=True,
                 )
                 self._install_pragmas(eng, wal=False)
+                sa.event.listen(eng, "handle_error", self._connect_error)
                 return eng
             eng = sa.create_engine(url, hide_parameters=True)
             self._install_pragmas(eng, wal=True)
+            sa.event.listen(eng, "handle_error", self._connect_error)
             return eng
         eng = sa.create_engine(url, hide_parameters=True, pool_pre_ping=True)
         sa.event.listen(eng, "handle_error", self._connect_error)
@@ -129,20 +131,22 @@ class StateStore:
 
     @staticmethod
     def _connect_error(ctx: sa.engine.ExceptionContext) -> None:
-        """A failure to connect to a state server, in words: config or outage."""
-        if ctx.connection is not None or ctx.is_pre_ping:
-            return  # a statement's error, or the pool probing: handled elsewhere
-        exc = ctx.sqlalchemy_exception
-        if not isinstance(exc, sa.exc.OperationalError):
-            return
+        """A state database that refuses us or cannot be reached, in words: a config
+        problem naming `state:`, or an outage."""
         from crmsync.config.secrets import redact  # lazy: config imports this module
 
-        why = refused_connect(ctx.dialect.name, exc.orig)
+        exc = ctx.sqlalchemy_exception
+        if not isinstance(exc, sa.exc.DBAPIError):
+            return
         text = str(exc.orig).strip().splitlines()
         detail = redact(text[0] if text else type(exc.orig).__name__)
+        why = refused_connect(ctx.dialect.name, exc.orig)
         if why is not None:
             raise SettingError("state", f"state database: {why} ({detail})") from None
-        raise StateUnavailable(f"the state database cannot be reached: {detail}") from None
+        if ctx.connection is not None or ctx.is_pre_ping or ctx.dialect.name == "sqlite":
+            return  # a statement's error, or the pool probing: handled elsewhere
+        if isinstance(exc, sa.exc.OperationalError):
+            raise StateUnavailable(f"the state database cannot be reached: {detail}") from None
 
     @staticmethod
     def _install_pragmas(eng: sa.Engine, *, wal: bool) -> None:
