@@ -146,9 +146,9 @@ def _live_problems(
 @app.command()
 def check(config: ConfigOpt = Path("crmsync.yaml")) -> None:
     """Validate the config file and the live systems it names."""
-    cfg, smap = _load_with_lines(config)
     from crmsync.config.check import UNREACHABLE
 
+    cfg, smap = _load_with_lines(config)
     problems = _live_problems(cfg, config, smap)
     if problems:
         _print_problems(problems, "found")
