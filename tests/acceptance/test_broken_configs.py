@@ -123,6 +123,12 @@ CASES: dict[str, Broken] = {
     "mysql:// without driver": Broken(
         {"crm_url": "mysql://root@127.0.0.1:3306/test"}, found="systems",
         where=f"bad.yaml:{CRM_URL_LINE} systems.crm.url", says="mysql+pymysql://"),
+    "Tryton URL without scheme": Broken(
+        text=GOOD.format(**_good()).replace(
+            "links:",
+            "  tryton:\n    connector: tryton\n    url: localhost:8000\n    database: crm\n"
+            "    password: x\n    objects:\n      company: {}\nlinks:"),
+        where="bad.yaml:16 systems.tryton.url", says="expected http://HOST:PORT"),
     "state URL unknown dialect": Broken(
         {"state": "sqlit:///state.db"}, where=f"bad.yaml:{STATE_LINE} state",
         says="unknown database kind"),

@@ -11,10 +11,6 @@ from typing import Annotated
 
 import typer
 
-from crmsync.service.context import ServiceContext
-from crmsync.service.scheduler import Scheduler
-from crmsync.service.worker import Worker
-
 log = logging.getLogger("crmsync.service")
 
 ConfigOpt = Annotated[Path, typer.Option("-c", "--config", help="config file")]
@@ -67,6 +63,9 @@ def serve(
     import uvicorn
 
     from crmsync.api.app import create_app
+    from crmsync.service.context import ServiceContext
+    from crmsync.service.scheduler import Scheduler
+    from crmsync.service.worker import Worker
 
     _refuse_if_invalid(config)
     sock = _listen(host, port)  # before anything starts: a taken port is said plainly
@@ -113,6 +112,9 @@ def serve(
 
 def worker(config: ConfigOpt = Path("crmsync.yaml"), poll: PollOpt = 0.2) -> None:
     """Run a worker only (scale out: any number, on any machine, with PostgreSQL state)."""
+    from crmsync.service.context import ServiceContext
+    from crmsync.service.worker import Worker
+
     _refuse_if_invalid(config)
     ctx = ServiceContext.open(config)
     stop = threading.Event()
