@@ -128,7 +128,7 @@ CASES: dict[str, Broken] = {
             "links:",
             "  tryton:\n    connector: tryton\n    url: localhost:8000\n    database: crm\n"
             "    password: x\n    objects:\n      company: {}\nlinks:"),
-        where="bad.yaml:16 systems.tryton.url", says="expected http://HOST:PORT"),
+        where="bad.yaml:15 systems.tryton.url", says="expected http://HOST:PORT"),
     "state URL unknown dialect": Broken(
         {"state": "sqlit:///state.db"}, where=f"bad.yaml:{STATE_LINE} state",
         says="unknown database kind"),
