@@ -488,6 +488,8 @@ def sql_url_problem(url: str, *, driver: bool = True) -> str | None:
         )
     try:
         parsed = sa.make_url(text)
+    except ValueError:  # a port that is not a number
+        return "the port in the database URL is not a number"
     except sa.exc.ArgumentError:
         if "://" not in text:
             hint = f"expected a URL such as {_URL_EXAMPLES}"
@@ -498,6 +500,11 @@ def sql_url_problem(url: str, *, driver: bool = True) -> str | None:
             return f"not a database URL (no SCHEME://); {hint}"
         return f"cannot parse the database URL; expected a URL such as {_URL_EXAMPLES}"
     scheme = parsed.drivername
+    if parsed.get_backend_name() == "sqlite" and parsed.host:
+        return (
+            "a SQLite URL has three slashes before a relative path (sqlite:///crm.db) and "
+            "four before an absolute one (sqlite:////data/crm.db)"
+        )
     try:
         dialect = parsed.get_dialect()
     except sa.exc.NoSuchModuleError:

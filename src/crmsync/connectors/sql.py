@@ -233,7 +233,13 @@ class SqlConnector(Connector):
         if engine_url.get_backend_name() == "mysql":
             # Servers close idle connections after wait_timeout; recycle before that.
             kwargs["pool_recycle"] = 3600
-        self._engine: Engine = sa.create_engine(engine_url, **kwargs)
+        try:
+            self._engine: Engine = sa.create_engine(engine_url, **kwargs)
+        except (sa.exc.ArgumentError, ValueError, TypeError) as exc:
+            # What the URL's options say that the dialect cannot take (never the URL).
+            raise SettingError(
+                self._url_key, f"cannot use this database URL: {_first_line(exc)}"
+            ) from None
         self._dialect = self._engine.dialect.name
         sa.event.listen(self._engine, "before_cursor_execute", self._count)
         sa.event.listen(self._engine, "connect", self._on_connect)
