@@ -35,6 +35,7 @@ from crmsync.errors import (
     EXIT_UNREACHABLE,
     ConfigError,
     CrmsyncError,
+    SchemaError,
     SettingError,
     StateUnavailable,
     SystemUnavailable,
@@ -516,6 +517,11 @@ def main() -> None:
         sys.exit(EXIT_CONFIG)
     except ConfigError as exc:
         _print_problems(exc.problems, "in the configuration")
+        sys.exit(EXIT_CONFIG)
+    except SchemaError as exc:
+        # The system lacks what the config names (a table, a column): fix the config.
+        err.print(f"error: {_redact(str(exc))} (see: crmsync check)", markup=False,
+                  soft_wrap=True)
         sys.exit(EXIT_CONFIG)
     except (SystemUnavailable, StateUnavailable) as exc:
         err.print(f"error: {_redact(str(exc))}", markup=False, soft_wrap=True)
