@@ -1,4 +1,9 @@
-"""The `crmsync` command line: check, plan, sync, log, schema."""
+"""The `crmsync` command line: check, plan, sync, log, open, schema.
+
+Exit codes (``crmsync.errors``; README "The CLI"), the same for every command:
+0 success; 1 some records failed or a system refused the work; 2 bad
+configuration or arguments; 3 a system unreachable (nothing lost, run again).
+"""
 
 from __future__ import annotations
 
@@ -24,8 +29,18 @@ from rich.progress import (
 from rich.table import Table
 
 from crmsync.config.models import Config
-from crmsync.errors import ConfigError, CrmsyncError
-from crmsync.model import RecordRef
+from crmsync.errors import (
+    EXIT_CONFIG,
+    EXIT_FAILED,
+    EXIT_UNREACHABLE,
+    ConfigError,
+    CrmsyncError,
+    SchemaError,
+    SettingError,
+    StateUnavailable,
+    SystemUnavailable,
+)
+from crmsync.model import Action, RecordRef
 
 app = typer.Typer(
     help="crmsync keeps records in step between a CRM and the applications around it.",
@@ -72,7 +87,7 @@ def _redact(text: str) -> str:
     return redact(text)
 
 
-def _fail(message: str, code: int = 1) -> typer.Exit:
+def _fail(message: str, code: int = EXIT_FAILED) -> typer.Exit:
     err.print(f"[red]error:[/red] {_redact(message)}", markup=True, soft_wrap=True)
     return typer.Exit(code)
 
@@ -81,16 +96,32 @@ def _load(path: Path) -> Config:
     return _load_with_lines(path)[0]
 
 
+# The source map of the config this process loaded: a SettingError found later
+# (a refused password, a missing SQLite file) is then reported as file:line key.
+_loaded: dict[str, Any] = {}
+
+
 def _load_with_lines(path: Path) -> tuple[Config, Any]:
     from crmsync.config.loader import load_config_with_lines
 
     try:
-        return load_config_with_lines(path)
+        cfg, smap = load_config_with_lines(path)
     except ConfigError as exc:
-        for loc, msg in exc.problems:
-            err.print(f"{loc}: {msg}", markup=False, soft_wrap=True)
-        err.print(f"{len(exc.problems)} problem(s) in the configuration", markup=False)
-        raise typer.Exit(2) from None
+        _print_problems(exc.problems, "in the configuration")
+        raise typer.Exit(EXIT_CONFIG) from None
+    _loaded["smap"] = smap
+    return cfg, smap
+
+
+def _print_problems(problems: list[tuple[str, str]], where: str) -> None:
+    for loc, msg in problems:
+        err.print(f"{loc}: {_redact(msg)}", markup=False, soft_wrap=True)
+    err.print(f"{len(problems)} problem(s) {where}", markup=False)
+
+
+def _setting_location(key: str) -> str:
+    smap = _loaded.get("smap")
+    return smap.locate(key) if smap is not None else key
 
 
 @contextmanager
@@ -121,6 +152,13 @@ def _live_problems(
 
     # read-only: check writes nothing; push-only systems describe from config
     state = StateStore(config.state, readonly=True)
+    try:
+        # Reach the state database now: a refused password or unknown database
+        # is reported against `state:` (exit 2), a server that is down exits 3.
+        state.version()
+    except BaseException:
+        state.close()
+        raise
     connectors = build_connectors(config, state)
     try:
         return check_config(
@@ -135,13 +173,14 @@ def _live_problems(
 @app.command()
 def check(config: ConfigOpt = Path("crmsync.yaml")) -> None:
     """Validate the config file and the live systems it names."""
+    from crmsync.config.check import UNREACHABLE
+
     cfg, smap = _load_with_lines(config)
     problems = _live_problems(cfg, config, smap)
     if problems:
-        for loc, msg in problems:
-            err.print(f"{loc}: {_redact(msg)}", markup=False, soft_wrap=True)
-        err.print(f"{len(problems)} problem(s) found", markup=False)
-        raise typer.Exit(1)
+        _print_problems(problems, "found")
+        down = all(msg.startswith(UNREACHABLE) for _, msg in problems)
+        raise typer.Exit(EXIT_UNREACHABLE if down else EXIT_CONFIG)
     t = Table(title=f"{config}: OK")
     for col in ("link", "source", "target", "direction", "fields", "match", "filter"):
         t.add_column(col)
@@ -165,7 +204,23 @@ def _refuse_if_invalid(config: Path) -> None:
     if problems:
         for loc, msg in problems:
             err.print(f"{loc}: {_redact(msg)}", markup=False, soft_wrap=True)
-        raise _fail(f"{len(problems)} problem(s) found; nothing was run (see: crmsync check)")
+        raise _fail(
+            f"{len(problems)} problem(s) found; nothing was run (see: crmsync check)", EXIT_CONFIG
+        )
+
+
+def _exit_code(reports: list[Any]) -> int:
+    """1 when a link failed or records failed, else 3 when a system was unreachable."""
+    if any(r.status == "error" or r.summary().get("failed", 0) for r in reports):
+        return EXIT_FAILED
+    if any(r.status == "paused" for r in reports):
+        return EXIT_UNREACHABLE
+    return 0
+
+
+def _unknown_link(cfg: Config, link: str | None) -> None:
+    if link is not None and link not in cfg.links:
+        raise _fail(f"--link: no link named {link!r} (links: {', '.join(cfg.links)})", EXIT_CONFIG)
 
 
 def _summary_table(title: str, reports: list[Any]) -> Table:
@@ -215,12 +270,10 @@ def plan(
     samples: Annotated[int, typer.Option(help="sample records per link")] = 5,
 ) -> None:
     """Dry run: what a sync would do. Writes nothing anywhere."""
+    _unknown_link(_load(config), link)
     _refuse_if_invalid(config)
     with _engine(config, readonly=True) as engine:
-        try:
-            reports = engine.sync(link, dry_run=True, max_samples=samples)
-        except KeyError as exc:
-            raise _fail(str(exc.args[0])) from None
+        reports = engine.sync(link, dry_run=True, max_samples=samples)
     out.print(_summary_table("plan (dry run: nothing was written)", reports))
     for r in reports:
         if not r.samples:
@@ -235,6 +288,8 @@ def plan(
             out.print(head, markup=False, soft_wrap=True)
             for line in _field_lines([f.to_json() for f in o.all_fields()])[:8]:
                 out.print(f"      {line}", markup=False, soft_wrap=True)
+    if code := _exit_code(reports):
+        raise typer.Exit(code)
 
 
 @app.command()
@@ -252,6 +307,7 @@ def sync(
     ] = None,
 ) -> None:
     """Run the links: the first run migrates, later runs are incremental."""
+    _unknown_link(_load(config), link)  # before the state database is created
     _refuse_if_invalid(config)
     refs = []
     for text in record or []:
@@ -292,15 +348,10 @@ def sync(
 
         engine.progress = report
         with progress:
-            try:
-                reports = engine.sync(link, full=full)
-            except KeyError as exc:
-                raise _fail(str(exc.args[0])) from None
+            reports = engine.sync(link, full=full)
     out.print(_summary_table("sync", reports))
-    if any(r.status == "error" for r in reports):
-        raise typer.Exit(1)
-    if any(r.status == "paused" for r in reports):
-        raise typer.Exit(3)
+    if code := _exit_code(reports):
+        raise typer.Exit(code)
 
 
 def _queue_records(engine: Any, refs: list[RecordRef], only: str | None) -> list[str]:
@@ -325,6 +376,15 @@ def _queue_records(engine: Any, refs: list[RecordRef], only: str | None) -> list
     return names
 
 
+# What `log --status` filters on: an outcome's status or its action (erasure
+# logs `erased`).
+LOG_STATUSES: tuple[str, ...] = tuple(
+    dict.fromkeys(
+        ["ok", "failed", "rejected", "conflict", "skipped", *(a.value for a in Action), "erased"]
+    )
+)
+
+
 @app.command()
 def log(
     config: ConfigOpt = Path("crmsync.yaml"),
@@ -343,6 +403,12 @@ def log(
     from crmsync.state.store import StateStore
 
     cfg = _load(config)
+    _unknown_link(cfg, link)
+    if status is not None and status not in LOG_STATUSES:
+        raise _fail(
+            f"--status: unknown value {status!r} (expected one of: {', '.join(LOG_STATUSES)})",
+            EXIT_CONFIG,
+        )
     if record is not None:
         try:
             record = str(RecordRef.parse(record))
@@ -418,10 +484,33 @@ def open_record(
         raise _fail(exc.user_message, 2) from None
     finally:
         state.close()
+    if len(links) == 1 and not _exists(cfg, ref):
+        raise _fail(
+            f"record {ref} does not exist: not in {ref.system} and not paired by any link",
+            EXIT_CONFIG,
+        )
     width = max(len(str(d.ref)) for d in links)
     for d in links:
         # Plain print: a terminal must not wrap or restyle a URL someone will click or pipe.
         print(f"{d.ref!s:<{width}}  {d.url or '-'}")
+
+
+def _exists(cfg: Config, ref: RecordRef) -> bool:
+    """Whether the record is in its system (asked live; a push-only system's copy
+    is in the state database)."""
+    from crmsync.connectors import build_connectors
+    from crmsync.state.store import StateStore
+
+    state = StateStore(cfg.state, readonly=True)
+    only = cfg.model_copy(update={"systems": {ref.system: cfg.systems[ref.system]}})
+    try:
+        conn = build_connectors(only, state)[ref.system]
+        try:
+            return bool(conn.read(ref.object, [ref.id]))
+        finally:
+            conn.close()
+    finally:
+        state.close()
 
 
 @app.command()
@@ -442,9 +531,43 @@ register(app)
 
 
 def main() -> None:
+    """The entry point: every error becomes one readable message and its exit code."""
+    import os
+
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         app()
+    except SettingError as exc:
+        # Before SystemUnavailable (its base): a refused password is a config problem.
+        _print_problems(
+            [(_setting_location(exc.key), exc.user_message)], "in the configuration"
+        )
+        sys.exit(EXIT_CONFIG)
+    except ConfigError as exc:
+        _print_problems(exc.problems, "in the configuration")
+        sys.exit(EXIT_CONFIG)
+    except SchemaError as exc:
+        # The system lacks what the config names (a table, a column): fix the config.
+        err.print(f"error: {_redact(str(exc))} (see: crmsync check)", markup=False,
+                  soft_wrap=True)
+        sys.exit(EXIT_CONFIG)
+    except (SystemUnavailable, StateUnavailable) as exc:
+        err.print(f"error: {_redact(str(exc))}", markup=False, soft_wrap=True)
+        sys.exit(EXIT_UNREACHABLE)
     except CrmsyncError as exc:
         err.print(f"error: {_redact(str(exc))}", markup=False, soft_wrap=True)
-        sys.exit(1)
+        sys.exit(EXIT_FAILED)
+    except KeyboardInterrupt:
+        err.print("interrupted", markup=False)
+        sys.exit(130)
+    except Exception as exc:
+        # A bug, not the user's doing: one line (redacted), the traceback on request.
+        if os.environ.get("CRMSYNC_DEBUG"):
+            raise
+        err.print(
+            f"error: internal error: {type(exc).__name__}: {_redact(str(exc))} "
+            "(set CRMSYNC_DEBUG=1 to see where; please report it)",
+            markup=False,
+            soft_wrap=True,
+        )
+        sys.exit(EXIT_FAILED)

@@ -14,7 +14,6 @@ from rich.table import Table
 
 from crmsync.config.models import Config
 from crmsync.config.secrets import redact
-from crmsync.errors import ConfigError
 from crmsync.state.store import StateStore, utcnow
 
 ConfigOpt = Annotated[Path, typer.Option("-c", "--config", help="config file")]
@@ -28,14 +27,9 @@ CLI_ACTOR = "cli"
 
 @contextmanager
 def _state(path: Path) -> Iterator[tuple[Config, StateStore]]:
-    from crmsync.config.loader import load_config
+    from crmsync.cli import _load
 
-    try:
-        config = load_config(path)
-    except ConfigError as exc:
-        for loc, msg in exc.problems:
-            err.print(f"{loc}: {msg}", markup=False, soft_wrap=True)
-        raise typer.Exit(2) from None
+    config = _load(path)  # a broken file: its problems, exit 2
     state = StateStore(config.state)
     try:
         state.migrate()
@@ -102,7 +96,7 @@ def token_revoke(
     with _state(config) as (_, state):
         n = revoke_token(state, name, actor=CLI_ACTOR)
     if not n:
-        raise _fail(f"no active token named {name!r}")
+        raise _fail(f"no active token named {name!r} (see: crmsync token list)", 2)
     out.print(f"revoked token {name}", markup=False)
 
 
@@ -121,7 +115,7 @@ def retry(
             if message_id is not None:
                 result = state.retry_message(c, message_id, now=now)
                 if result == "missing":
-                    raise _fail(f"no message {message_id}")
+                    raise _fail(f"no message {message_id}", 2)
                 if result not in ("retried", "superseded"):
                     raise _fail(f"message {message_id} is {result}, not failed")
                 n = 1
@@ -255,6 +249,11 @@ def erase(
         raise _fail(str(exc), 2) from None
     if not by.strip() or len(by) > 128:
         raise _fail("--by must be 1 to 128 characters", 2)
+    from crmsync.cli import _refuse_if_invalid
+
+    # A refused password or a mistyped SQLite path is a config problem (exit 2), not
+    # "unreachable, run again" (3); a system that is down is still tolerated here.
+    _refuse_if_invalid(config)
     with _state(config) as (cfg, state):
         try:
             group = linked_records(cfg, state, ref)

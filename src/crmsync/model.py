@@ -35,6 +35,8 @@ class FieldSpec:
     choices: tuple[str, ...] | None = None
     # The system fills it itself (autoincrement key, computed column).
     read_only: bool = False
+    # A create must give it a value: NOT NULL, no default, not filled by the system.
+    required: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -86,14 +86,14 @@ def test_check_reports_key_paths_and_exits_non_zero(work: Path) -> None:
     )
     (work / "bad.yaml").write_text(bad)
     r = cli(work, "check", "-c", "bad.yaml")
-    assert r.returncode == 1
+    assert r.returncode == 2  # a configuration problem
     assert "bad.yaml:" in r.stderr
     assert "links.customers.fields[5].target: field 'cty' not found on crm.company" in r.stderr
     assert "cannot map date field 'since' to integer field 'employees'" in r.stderr
     # sync refuses to run on an invalid config and writes nothing
     before = companies(work)
     r = cli(work, "sync", "-c", "bad.yaml")
-    assert r.returncode == 1
+    assert r.returncode == 2
     assert companies(work) == before
 
     bad2 = cfg.replace("op: eq", "op: equals").replace("direction: forward", "direction: sideways")

@@ -44,7 +44,7 @@ def test_token_create_list_revoke(service: Service) -> None:
     assert r.returncode == 0, r.stderr
     with httpx.Client(base_url=service.url, headers={"Authorization": f"Bearer {token}"}) as c:
         assert c.get("/api/links").status_code == 401
-    assert crmsync(service, "token", "revoke", "ops").returncode == 1
+    assert crmsync(service, "token", "revoke", "ops").returncode == 2  # no such token
     actions = [a["action"] for a in service.ctx.state.audit_rows(10)]
     assert "token.create" in actions and "token.revoke" in actions
 

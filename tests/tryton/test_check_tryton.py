@@ -68,3 +68,37 @@ def test_check_refuses_list_objects_and_unknown_related_fields(
     assert "links.orders.fields[3].target" in problems[1][0]
     assert "field 'company.nope' not found on crm.deal" in problems[1][1]
     assert tryton.password not in text
+
+
+def test_check_names_refused_credentials_and_unknown_database(
+    tryton: TrytonServer, tmp_path: Path
+) -> None:
+    eng = sa.create_engine(f"sqlite:///{tmp_path}/erp.db")
+    with eng.begin() as c:
+        c.exec_driver_sql(
+            "CREATE TABLE orders (id TEXT PRIMARY KEY, total NUMERIC(12,2), city TEXT,"
+            " product TEXT, updated_at DATETIME)"
+        )
+    eng.dispose()
+    found = {}
+    for label, db, password in (("password", tryton.database, "Wr0ng-Passw0rd"),
+                                ("database", "crmsync_no_such_db", tryton.password)):
+        path = tmp_path / f"{label}.yaml"
+        path.write_text(CONFIG.format(d=tmp_path, url=tryton.url, db=db, password=password))
+        config, smap = load_config_with_lines(path)
+        conns = build_connectors(config)
+        try:
+            problems = check_config(config, conns, str(path), smap.locate)
+        finally:
+            for c in conns.values():
+                c.close()
+        text = "\n".join(f"{loc}: {msg}" for loc, msg in problems)
+        assert password not in text
+        found[label] = problems
+    # one problem per system, at the key to fix, not one per object
+    [(loc, msg)] = found["password"]
+    assert loc == f"{tmp_path}/password.yaml:12 systems.crm.password", loc
+    assert "Tryton refused the login of user 'admin' (check user: and password:)" in msg
+    [(loc, msg)] = found["database"]
+    assert loc == f"{tmp_path}/database.yaml:11 systems.crm.database", loc
+    assert "Tryton has no database 'crmsync_no_such_db'" in msg

@@ -3,7 +3,9 @@
 Order of checks, each refusal writing nothing:
 
 1. the system exists and has a ``webhook_secret`` (else 404);
-2. the body fits ``ctx.max_body_bytes`` (413), read with a running count;
+2. the body fits ``ctx.max_body_bytes`` (413), read with a running count; an
+   oversized body is read and discarded up to ``DRAIN_FACTOR`` times the limit
+   first, so a sender that writes it all before reading gets the 413, not a reset;
 3. headers ``webhook-id``, ``webhook-timestamp``, ``webhook-signature`` are
    present and well formed, the timestamp is within ``ctx.webhook_tolerance_s``
    of ``ctx.clock()`` and a ``v1`` signature matches (401);
@@ -231,22 +233,38 @@ def build_router(ctx: ServiceContext) -> APIRouter:
     return router
 
 
+# How much of an oversized body is read (and thrown away) before the 413. A sender
+# that writes its whole body before it reads the answer (Python's http.client,
+# many webhook senders) would get a connection reset instead of the 413 if the
+# server closed with its bytes unread; past this bound it does get the reset,
+# and the server reads no further.
+DRAIN_FACTOR = 8
+
+
 async def _read_body(request: Request, limit: int) -> bytes:
-    """The raw body, refused (413) past ``limit`` bytes without reading further."""
+    """The raw body, refused (413) past ``limit`` bytes; an oversized body is read
+    and discarded up to ``DRAIN_FACTOR * limit`` so the sender sees the 413."""
+    bound = DRAIN_FACTOR * limit
+    too_large = _Refused(413, f"body larger than {limit} bytes", "too_large")
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit() or len(declared) > 20:
             raise _Refused(400, "invalid Content-Length", "bad_content_length")
-        if int(declared) > limit:
-            raise _Refused(413, f"body larger than {limit} bytes", "too_large")
+        if int(declared) > bound:
+            raise too_large  # not worth reading: the sender may see a reset
     chunks: list[bytes] = []
     size = 0
     # Counted while streaming: chunked bodies carry no Content-Length.
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise _Refused(413, f"body larger than {limit} bytes", "too_large")
+            chunks.clear()  # kept no longer: only counted, up to the bound
+            if size > bound:
+                raise too_large
+            continue
         chunks.append(chunk)
+    if size > limit:
+        raise too_large
     return b"".join(chunks)
 
 

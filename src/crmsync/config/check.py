@@ -17,10 +17,13 @@ from crmsync.connectors.base import Connector
 # Module import, not names: engine.filters imports config.models, which runs this package.
 from crmsync.engine import filters
 from crmsync.engine.convert import ConversionError, compatible, converter, is_scalar
-from crmsync.errors import CrmsyncError, SchemaError, SystemUnavailable
+from crmsync.errors import CrmsyncError, SchemaError, SettingError, SystemUnavailable
 from crmsync.model import FieldSpec, FieldType, ObjectSpec
 
 Problem = tuple[str, str]
+# How a problem that is only "the system is down" starts: `check` exits 3, not 2,
+# when every problem is one of these.
+UNREACHABLE = "cannot reach "
 Locate = Callable[[str], str]
 
 
@@ -89,12 +92,18 @@ class _Checker:
                 except SchemaError as err:
                     self.add(f"{opath}.{err.key}" if err.key else opath, err.user_message)
                     continue
+                except SettingError as err:
+                    # Refused credentials, unknown database, missing SQLite file: a
+                    # config problem even when unreachable systems are tolerated.
+                    self.add(err.key, err.user_message)
+                    self.unreachable.add(sname)
+                    break
                 except SystemUnavailable as err:
                     if self.unreachable_ok:
                         self.unreachable.add(sname)
                         break
                     # One unreachable system gives one problem, not one per object.
-                    self.add(join_path(spath, "url"), f"cannot reach {sname}: {err.user_message}")
+                    self.add(join_path(spath, "url"), f"{UNREACHABLE}{sname}: {err.user_message}")
                     break
                 except CrmsyncError as err:
                     self.add(opath, err.user_message)
@@ -163,6 +172,8 @@ class _Checker:
 
             for rel, msg in trigger_problems(link.trigger.when, replace(src, name=src_name)):
                 self.add(f"{lpath}.trigger.when.{rel}", msg)
+        if link.create and dst is not None:
+            self.check_creates(lpath, link, dst, dst_name)
         if isinstance(link.on_delete, SetAction) and dst is not None:
             for fname, value in link.on_delete.set.items():
                 path = join_path(f"{lpath}.on_delete.set", fname)
@@ -181,6 +192,27 @@ class _Checker:
                         f"{lpath}.conflict",
                         f"conflict: newest needs updated_at on the {side} object {sname}.{oname}",
                     )
+
+    def check_creates(
+        self, lpath: str, link: LinkConfig, dst: ObjectSpec, dst_name: str
+    ) -> None:
+        """Columns every create would leave empty though they may not be: each create
+        would fail (an IntegrityError per record) until the config writes them."""
+        written = {
+            m.target for m in link.fields
+            if link.mapping_direction(m) in (Direction.FORWARD, Direction.BOTH)
+        }
+        written |= set(link.match.values())
+        if dst.updated_at:
+            written.add(dst.updated_at)  # stamped by the connector on every write
+        for fs in dst.fields.values():
+            if fs.required and not fs.read_only and fs.name not in written:
+                self.add(
+                    f"{lpath}.create",
+                    f"{dst_name} column {fs.name!r} is NOT NULL without a default and no "
+                    "field maps to it, so every create would fail: map a field to it (with "
+                    "`default:` for empty values) or set create: false",
+                )
 
     def field(self, spec: ObjectSpec, name: str, obj: str, path: str) -> FieldSpec | None:
         fs = spec.fields.get(name)

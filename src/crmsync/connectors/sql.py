@@ -20,6 +20,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from itertools import chain, repeat
 from operator import attrgetter, itemgetter, methodcaller
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -28,7 +29,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from crmsync.config.models import ObjectConfig
 from crmsync.connectors.base import Capabilities, ChangePage, Connector, Cursor, WriteResult
-from crmsync.errors import SchemaError, SystemUnavailable
+from crmsync.errors import SchemaError, SettingError, SystemUnavailable, refused_connect
 from crmsync.model import FieldSpec, FieldType, ObjectSpec, Record
 
 # Rows per IN list / per multi-row statement: well under every backend's bind limit.
@@ -176,6 +177,17 @@ def _convert(kind: str, col: Sequence[Any], sep: str) -> list[Any] | Sequence[An
     return list(map(f, col))
 
 
+def _required(c: sa.Column[Any]) -> bool:
+    """NOT NULL without any default: an insert that leaves it out fails."""
+    return (
+        not c.nullable
+        and c.server_default is None
+        and c.default is None
+        and c.computed is None
+        and c.identity is None
+    )
+
+
 def _first_line(exc: BaseException) -> str:
     orig = getattr(exc, "orig", None) or exc
     text = str(orig).strip().splitlines()
@@ -252,6 +264,12 @@ class SqlConnector(Connector):
         self._calls = 0
         self._thread = threading.local()
         self._cache: dict[str, _Obj] = {}
+        # Where config problems are reported: ``file:line systems.NAME.url``.
+        self._url_key = f"systems.{name}.url"
+        from crmsync.config.loader import sql_url_problem
+
+        if (why := sql_url_problem(url)) is not None:
+            raise SettingError(self._url_key, why)
         engine_url = sa.make_url(url)
         # Kept only to scrub it from driver messages (some echo connection strings).
         self._secret = engine_url.password
@@ -259,10 +277,18 @@ class SqlConnector(Connector):
         if engine_url.get_backend_name() == "mysql":
             # Servers close idle connections after wait_timeout; recycle before that.
             kwargs["pool_recycle"] = 3600
-        self._engine: Engine = sa.create_engine(engine_url, **kwargs)
+        try:
+            self._engine: Engine = sa.create_engine(engine_url, **kwargs)
+        except (sa.exc.ArgumentError, ValueError, TypeError) as exc:
+            # What the URL's options say that the dialect cannot take (never the URL).
+            raise SettingError(
+                self._url_key, f"cannot use this database URL: {_first_line(exc)}"
+            ) from None
         self._dialect = self._engine.dialect.name
         sa.event.listen(self._engine, "before_cursor_execute", self._count)
         sa.event.listen(self._engine, "connect", self._on_connect)
+        if self._dialect == "sqlite":
+            sa.event.listen(self._engine, "do_connect", self._sqlite_must_exist)
 
     # -- plumbing --------------------------------------------------------
     def _count(self, *args: Any) -> None:
@@ -283,6 +309,21 @@ class SqlConnector(Connector):
             cur = dbapi_conn.cursor()
             cur.execute("SET time_zone = '+00:00'")
             cur.close()
+
+    def _sqlite_must_exist(self, dialect: Any, rec: Any, cargs: Any, cparams: Any) -> None:
+        # SQLite creates a missing file on connect: a mistyped path would become an
+        # empty database (and "table not found"). A system's tables must exist, so
+        # a missing file is a config problem, and nothing is created.
+        db = cargs[0] if cargs else cparams.get("database")
+        if not isinstance(db, str) or not db or db == ":memory:" or db.startswith("file:"):
+            return
+        if not Path(db).is_file():
+            where = Path(db).resolve()
+            raise SettingError(
+                self._url_key,
+                f"SQLite file {str(where)!r} does not exist (nothing was created; "
+                "check the path: sqlite:///relative.db or sqlite:////absolute.db)",
+            )
 
     def count_calls(self) -> int:
         return self._calls
@@ -315,7 +356,23 @@ class SqlConnector(Connector):
         # OperationalError is connection, resources, shutdown, cancel.
         return True
 
+    def _refused_setting(self, exc: BaseException) -> SettingError | None:
+        """The server answered but refuses these credentials or this database: a
+        config problem naming the ``url`` key, not an outage."""
+        if not isinstance(exc, sa.exc.DatabaseError):
+            return None
+        why = refused_connect(self._dialect, exc.orig)
+        if why is None:
+            return None
+        detail = _first_line(exc)
+        if self._secret:
+            detail = detail.replace(self._secret, "***")
+        return SettingError(self._url_key, f"system {self.name!r}: {why} ({detail})")
+
     def _unavailable(self, exc: BaseException) -> SystemUnavailable:
+        setting = self._refused_setting(exc)
+        if setting is not None:
+            return setting
         reason = _first_line(exc)
         if self._secret:
             reason = reason.replace(self._secret, "***")
@@ -323,11 +380,12 @@ class SqlConnector(Connector):
 
     @contextmanager
     def _guard(self) -> Iterator[None]:
-        """Turn connection-level failures into SystemUnavailable."""
+        """Turn connection-level failures into SystemUnavailable (SettingError when
+        the server refuses the URL's credentials or database)."""
         try:
             yield
         except (sa.exc.DBAPIError, sa.exc.DisconnectionError, sa.exc.TimeoutError) as exc:
-            if self._is_unavailable(exc):
+            if self._is_unavailable(exc) or self._refused_setting(exc) is not None:
                 raise self._unavailable(exc) from None
             raise
 
@@ -402,6 +460,7 @@ class SqlConnector(Connector):
                 scale=getattr(t, "scale", None) if ft is FieldType.DECIMAL else None,
                 choices=tuple(t.enums) if isinstance(t, sa.Enum) else None,
                 read_only=key_generated and c is key_col,
+                required=_required(c) and not (key_generated and c is key_col),
             )
         spec = ObjectSpec(
             name=obj,

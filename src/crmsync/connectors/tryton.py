@@ -31,7 +31,7 @@ from typing import Any
 from crmsync.config.models import RefConfig, TrytonObjectConfig, TrytonSystemConfig
 from crmsync.connectors.base import Capabilities, ChangePage, Connector, Cursor, WriteResult
 from crmsync.connectors.tryton_rpc import TrytonError, TrytonRPC
-from crmsync.errors import SchemaError
+from crmsync.errors import SchemaError, SettingError
 from crmsync.model import FieldSpec, FieldType, ObjectSpec, Record
 
 log = logging.getLogger(__name__)
@@ -127,10 +127,31 @@ class TrytonConnector(Connector):
 
     # -- plumbing --------------------------------------------------------------
     def call(self, method: str, *args: Any) -> Any:
-        return self.rpc.call(method, *args)
+        try:
+            return self.rpc.call(method, *args)
+        except TrytonError as exc:
+            raise self._refused(exc) from None
 
     def m(self, model: str, method: str, *args: Any) -> Any:
-        return self.rpc.call(f"model.{model}.{method}", *args)
+        return self.call(f"model.{model}.{method}", *args)
+
+    def _refused(self, exc: TrytonError) -> Exception:
+        """A login Tryton refuses is the config's credentials or database: a
+        SettingError naming that key (exit 2 before a run; a running worker pauses,
+        as for an outage). Any other refusal stays what it is."""
+        key = f"systems.{self.name}"
+        if exc.kind == "LoginError":
+            return SettingError(
+                f"{key}.password",
+                f"system {self.name!r}: Tryton refused the login of user {self.cfg.user!r} "
+                "(check user: and password:)",
+            )
+        if exc.kind == "NotFound" and "common.db.login" in exc.user_message:
+            return SettingError(
+                f"{key}.database",
+                f"system {self.name!r}: Tryton has no database {self.cfg.database!r}",
+            )
+        return exc
 
     def count_calls(self) -> int:
         return self.rpc.count_calls()

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import threading
 from pathlib import Path
 from typing import Annotated
 
 import typer
-
-from crmsync.service.context import ServiceContext
-from crmsync.service.scheduler import Scheduler
-from crmsync.service.worker import Worker
 
 log = logging.getLogger("crmsync.service")
 
@@ -32,10 +29,33 @@ def _stop_on_signals(stop: threading.Event) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
+def _refuse_if_invalid(config: Path) -> None:
+    """The checks `sync` makes before it runs: a service must not start on a broken
+    config (exit 2) and then fail every message; a system that is down is fine,
+    its links pause."""
+    from crmsync.cli import _refuse_if_invalid as refuse
+
+    refuse(config)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The listening socket, or exit 2 saying why (address taken, unknown host)."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        sock = socket.create_server((host, port), family=family)
+        # Accepted sockets inherit it: small answers go out without a delayed ACK.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+    except (OSError, OverflowError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        typer.echo(f"error: cannot listen on {host}:{port}: {reason}", err=True)
+        raise typer.Exit(2) from None
+
+
 def serve(
     config: ConfigOpt = Path("crmsync.yaml"),
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="port to listen on")] = 8000,
     workers: Annotated[int, typer.Option(help="worker threads in this process")] = 1,
     poll: PollOpt = 0.2,
 ) -> None:
@@ -43,7 +63,13 @@ def serve(
     import uvicorn
 
     from crmsync.api.app import create_app
+    from crmsync.service.context import ServiceContext
+    from crmsync.service.scheduler import Scheduler
+    from crmsync.service.worker import Worker
 
+    _refuse_if_invalid(config)
+    sock = _listen(host, port)  # before anything starts: a taken port is said plainly
+    port = int(sock.getsockname()[1])
     ctx = ServiceContext.open(config)
     stop = threading.Event()
     threads = [
@@ -64,7 +90,9 @@ def serve(
     # uvicorn in a thread: then it installs no signal handlers of its own (it
     # would re-raise SIGTERM after its shutdown and kill the process before the
     # worker finishes its batch); this thread owns SIGINT/SIGTERM instead.
-    api = threading.Thread(target=server.run, name="api", daemon=True)
+    api = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name="api", daemon=True
+    )
     _stop_on_signals(stop)
     api.start()
     typer.echo(f"crmsync serving on http://{host}:{port} (API, scheduler, {workers} worker)")
@@ -84,6 +112,10 @@ def serve(
 
 def worker(config: ConfigOpt = Path("crmsync.yaml"), poll: PollOpt = 0.2) -> None:
     """Run a worker only (scale out: any number, on any machine, with PostgreSQL state)."""
+    from crmsync.service.context import ServiceContext
+    from crmsync.service.worker import Worker
+
+    _refuse_if_invalid(config)
     ctx = ServiceContext.open(config)
     stop = threading.Event()
     _stop_on_signals(stop)

@@ -22,7 +22,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from crmsync.errors import StateError
+from crmsync.errors import SettingError, StateError, StateUnavailable, refused_connect
 from crmsync.state import schema as S
 
 _JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str)
@@ -88,9 +88,21 @@ class StateStore:
 
     # -- opening -----------------------------------------------------------
     def _open(self, url: str, readonly: bool) -> sa.Engine:
+        from crmsync.config.loader import sql_url_problem
+
+        if (why := sql_url_problem(url)) is not None:
+            raise SettingError("state", f"state database: {why}")
         u = sa.engine.make_url(url)
         if u.get_backend_name() == "sqlite":
             db = u.database or ""
+            if db and db != ":memory:" and not db.startswith("file:"):
+                folder = Path(db).resolve().parent
+                if not folder.is_dir():
+                    raise SettingError(
+                        "state",
+                        f"state database: the folder {str(folder)!r} does not exist "
+                        "(crmsync creates the file, not its folder)",
+                    )
             if readonly and (not db or db == ":memory:" or not Path(db).exists()):
                 # A dry run against a state that does not exist yet: an empty
                 # private state, so nothing is created on disk.
@@ -107,11 +119,34 @@ class StateStore:
                     hide_parameters=True,
                 )
                 self._install_pragmas(eng, wal=False)
+                sa.event.listen(eng, "handle_error", self._connect_error)
                 return eng
             eng = sa.create_engine(url, hide_parameters=True)
             self._install_pragmas(eng, wal=True)
+            sa.event.listen(eng, "handle_error", self._connect_error)
             return eng
-        return sa.create_engine(url, hide_parameters=True, pool_pre_ping=True)
+        eng = sa.create_engine(url, hide_parameters=True, pool_pre_ping=True)
+        sa.event.listen(eng, "handle_error", self._connect_error)
+        return eng
+
+    @staticmethod
+    def _connect_error(ctx: sa.engine.ExceptionContext) -> None:
+        """A state database that refuses us or cannot be reached, in words: a config
+        problem naming `state:`, or an outage."""
+        from crmsync.config.secrets import redact  # lazy: config imports this module
+
+        exc = ctx.sqlalchemy_exception
+        if not isinstance(exc, sa.exc.DBAPIError):
+            return
+        text = str(exc.orig).strip().splitlines()
+        detail = redact(text[0] if text else type(exc.orig).__name__)
+        why = refused_connect(ctx.dialect.name, exc.orig)
+        if why is not None:
+            raise SettingError("state", f"state database: {why} ({detail})") from None
+        if ctx.connection is not None or ctx.is_pre_ping or ctx.dialect.name == "sqlite":
+            return  # a statement's error, or the pool probing: handled elsewhere
+        if isinstance(exc, sa.exc.OperationalError):
+            raise StateUnavailable(f"the state database cannot be reached: {detail}") from None
 
     @staticmethod
     def _install_pragmas(eng: sa.Engine, *, wal: bool) -> None:
