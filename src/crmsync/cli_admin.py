@@ -241,10 +241,11 @@ def erase(
 
     Objects with `anonymize: {field: replacement}` get those values written; crmsync's
     own state keeps no personal value; the records are never synced again.
-    Running it again is harmless. Exit 3 when a system is unreachable.
+    Running it again is harmless. Exit 2 when the record exists nowhere (nothing is
+    marked), 3 when a system is unreachable.
     """
     from crmsync.connectors import build_connectors
-    from crmsync.engine.erase import EraseError
+    from crmsync.engine.erase import EraseError, RecordNotFound, refuse_missing
     from crmsync.engine.erase import erase as run_erase
     from crmsync.engine.graph import UnknownRecordType, linked_records
     from crmsync.model import RecordRef
@@ -260,15 +261,20 @@ def erase(
             group = linked_records(cfg, state, ref)
         except UnknownRecordType as exc:
             raise _fail(exc.user_message, 2) from None
-        if not yes:
-            out.print("these records will be anonymized and never synced again:", markup=False)
-            for r in group:
-                out.print(f"  {r}", markup=False)
-            if not typer.confirm("erase them?", default=False, err=True):
-                raise _fail("nothing was erased", 1)
         connectors = build_connectors(cfg, state)
         try:
+            # Before asking: an id that exists nowhere is refused, nothing marked.
+            refuse_missing(cfg, state, connectors, group, by)
+            if not yes:
+                out.print("these records will be anonymized and never synced again:",
+                          markup=False)
+                for r in group:
+                    out.print(f"  {r}", markup=False)
+                if not typer.confirm("erase them?", default=False, err=True):
+                    raise _fail("nothing was erased", 1)
             report = run_erase(cfg, state, connectors, ref, by)
+        except RecordNotFound as exc:
+            raise _fail(str(exc), 2) from None
         except EraseError as exc:
             raise _fail(str(exc), 3 if exc.unavailable else 1) from None
         finally:

@@ -39,7 +39,7 @@ from crmsync.api.models import (
 from crmsync.config.models import NAME_RE
 from crmsync.config.secrets import redact
 from crmsync.engine.deeplinks import deep_links
-from crmsync.engine.erase import EraseError, EraseRefused, erase
+from crmsync.engine.erase import EraseError, EraseRefused, RecordNotFound, erase
 from crmsync.engine.graph import UnknownRecordType, object_config
 from crmsync.model import RecordRef, Side
 from crmsync.service.context import ServiceContext
@@ -360,7 +360,8 @@ def build_api_router(ctx: ServiceContext) -> APIRouter:
         response_model=EraseOut,
         responses={
             **ADMIN,
-            **NOT_FOUND,
+            404: {"model": ErrorOut, "description": "no such system or object, or the record "
+                  "is neither in its system nor known to crmsync; nothing was marked"},
             409: {"model": ErrorOut, "description": "no linked object declares `anonymize:`, "
                   "or its `anonymize:` does not fit the object; nothing was changed"},
             502: {"model": ErrorOut, "description": "a system refused the replacement values; "
@@ -384,7 +385,8 @@ def build_api_router(ctx: ServiceContext) -> APIRouter:
             report = erase(ctx.config, ctx.state, ctx.connectors, ref, who.name)
         except EraseError as exc:
             code = (
-                status.HTTP_503_SERVICE_UNAVAILABLE if exc.unavailable
+                status.HTTP_404_NOT_FOUND if isinstance(exc, RecordNotFound)
+                else status.HTTP_503_SERVICE_UNAVAILABLE if exc.unavailable
                 else status.HTTP_409_CONFLICT if isinstance(exc, EraseRefused)
                 else status.HTTP_502_BAD_GATEWAY
             )
