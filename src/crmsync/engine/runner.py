@@ -12,6 +12,10 @@ capture -> queue -> apply:
   queued again and found unchanged by apply (no write).
 * Draining claims due messages (one per record), applies them, and finishes
   them in the apply's transaction.
+* Quotas: before every page and batch the calls made so far are counted
+  against the systems' budgets (``engine.quota``); when one is spent the run
+  stops there with status ``waiting`` (positions and messages kept) and goes
+  on in a later run, once the window reopens.
 
 A dry run (``plan``) does the same reads and decisions and writes nothing,
 neither to the systems nor to the state database.
@@ -19,6 +23,7 @@ neither to the systems nor to the state database.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -30,6 +35,7 @@ from crmsync.connectors.base import Connector
 from crmsync.engine.apply import Applier, WorkItem
 from crmsync.engine.lease import local_owner_gone, make_worker_id
 from crmsync.engine.link import CompiledLink, compile_link
+from crmsync.engine.quota import QuotaGuard, QuotaMeter, QuotaWait
 from crmsync.engine.retry import RetryPolicy
 from crmsync.errors import SystemUnavailable
 from crmsync.model import Action, Outcome, Side
@@ -90,6 +96,7 @@ class Engine:
         *,
         retry: RetryPolicy | None = None,
         progress: Progress | None = None,
+        quota: QuotaGuard | None = None,
     ) -> None:
         self.config = config
         self.state = state
@@ -99,6 +106,27 @@ class Engine:
         self._compiled: dict[str, CompiledLink] = {}
         self.worker_id = make_worker_id()
         self.lease_s = 60.0
+        self.use_quota(quota or QuotaGuard(config, state, utcnow))
+        # how a run waits out a quota's rate (calls per second); tests move a clock
+        self.quota_sleep: Callable[[float], None] = time.sleep
+
+    # -- quotas ----------------------------------------------------------
+    def use_quota(self, guard: QuotaGuard) -> None:
+        """Count calls against ``guard`` (a service shares its guard and clock)."""
+        self.quota = guard
+        self.meter = QuotaMeter(guard, self.connectors)
+
+    def settle_quota(self) -> None:
+        """Count the calls this thread made since the last count."""
+        self.meter.settle()
+
+    def quota_gate(self, systems: Iterable[str]) -> None:
+        """Count the calls made so far; raise ``QuotaWait`` when a system's window is
+        spent, wait out a rate limit (seconds). Called before every page and batch."""
+        while (st := self.meter.blocked(systems)) is not None:
+            if st.remaining <= 0:
+                raise QuotaWait(st)
+            self.quota_sleep(st.rate_wait_s)
 
     def compiled(self, name: str) -> CompiledLink:
         if name not in self._compiled:
@@ -154,6 +182,8 @@ class Engine:
         report = LinkReport(name, kind)
         run_id = None if dry_run else self.state.start_run(name, kind)
         try:
+            if not dry_run:
+                self.quota_gate((lc.source_system, lc.target_system))
             try:
                 # Compiling reflects both systems: inside the try, so a system
                 # that is down pauses the run instead of failing it.
@@ -185,6 +215,9 @@ class Engine:
                 if lc.reads_target:
                     self._capture(name, lc, tgt, Side.TARGET, report)
                 self._drain(link, applier, report, max_samples)
+        except QuotaWait as exc:
+            report.status = "waiting"
+            report.error = exc.user_message
         except SystemUnavailable as exc:
             report.status = "paused"
             report.error = exc.user_message
@@ -194,6 +227,9 @@ class Engine:
             if run_id is not None:
                 self.state.finish_run(run_id, report.status, report.summary(), report.error)
             raise
+        finally:
+            if not dry_run:
+                self.settle_quota()
         if run_id is not None:
             self.state.finish_run(run_id, report.status, report.summary(), report.error)
         return report
@@ -226,6 +262,15 @@ class Engine:
             mig = self.state.get_cursor(c, name, Side.SOURCE.value, "migration")
         migrating = not (mig and mig.get("done"))
         report = LinkReport(name, "migration" if migrating else kind)
+        try:
+            # Before the run is recorded: a spent quota is no run, just a later one.
+            self.quota_gate(
+                {lc.source_system}
+                | ({lc.target_system} if migrating or lc.reads_target else set())
+            )
+        except QuotaWait as exc:
+            report.status, report.error = "waiting", exc.user_message
+            return report
         run_id = self.state.start_run(name, report.kind)
         try:
             if migrating:
@@ -237,12 +282,16 @@ class Engine:
             self._capture(name, lc, src, Side.SOURCE, report)
             if lc.reads_target:
                 self._capture(name, lc, tgt, Side.TARGET, report)
+        except QuotaWait as exc:
+            report.status = "waiting"
+            report.error = exc.user_message
         except SystemUnavailable as exc:
             report.status = "paused"
             report.error = exc.user_message
         except Exception as exc:
             report.status = "error"
             report.error = f"{type(exc).__name__}: {exc}"
+        self.settle_quota()
         self.state.finish_run(run_id, report.status, report.summary(), report.error)
         return report
 
@@ -283,7 +332,10 @@ class Engine:
         done = 0
         batch = link.batch_size
         total = src.count(sobj)
+        systems = (link.config.source_system, link.config.target_system)
         while True:
+            if not dry_run:
+                self.quota_gate(systems)  # the position so far is committed: resumable
             page = src.scan(sobj, after, batch)
             if not page:
                 break
@@ -343,7 +395,13 @@ class Engine:
             saved = self.state.get_cursor(c, name, side.value, "incremental")
         cursor = saved.get("cursor") if saved else None
         captured = 0
+        system = lc.source_system if side is Side.SOURCE else lc.target_system
         while True:
+            try:
+                self.quota_gate((system,))  # the cursor so far is committed
+            except QuotaWait:
+                report.counts["captured"] += captured
+                raise
             page = conn.read_changes(obj, cursor, lc.batch_size, lookback)
             lookback = 0.0  # only the first page reaches back
             recs = page.records
@@ -383,7 +441,11 @@ class Engine:
         with self.state.begin() as c:
             self.state.recover_running(c, link.name, owner_gone=local_owner_gone)
         done = 0
-        while n := self.drain_batch(link, applier, report, max_samples):
+        systems = (link.config.source_system, link.config.target_system)
+        while True:
+            self.quota_gate(systems)  # messages not claimed yet stay queued
+            if not (n := self.drain_batch(link, applier, report, max_samples)):
+                break
             done += n
             self.progress(link.name, "apply", done, None)
 

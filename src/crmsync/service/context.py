@@ -40,6 +40,8 @@ class ServiceContext:
     def __post_init__(self) -> None:
         if self.quota is None:
             self.quota = QuotaGuard(self.config, self.state, self.clock)
+        # One guard, one clock: the engine counts every call against it.
+        self.engine.use_quota(self.quota)
 
     @classmethod
     def open(
