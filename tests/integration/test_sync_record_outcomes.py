@@ -1,0 +1,48 @@
+"""`crmsync sync --record` checks each named record and reports its outcome, like the API:
+queued, skipped with the reason (trigger condition not met, filter), not found (exit 2)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from test_trigger import Setup
+from typer.testing import CliRunner
+
+from crmsync.cli import app
+
+
+def _cli(d: Path, *args: str) -> tuple[int, str]:
+    r = CliRunner().invoke(app, [*args, "-c", str(d / "crmsync.yaml")])
+    return r.exit_code, r.output
+
+
+def test_sync_record_reports_each_record_and_syncs_the_ones_that_pass(tmp_path: Path) -> None:
+    s = Setup(tmp_path)
+    s.doc("D1", amount=100, status="draft")
+    s.doc("D2", amount=200, status="signed")
+    code, out = _cli(tmp_path, "sync", "--record", "esign.document:D1",
+                     "--record", "esign.document:D2", "--record", "esign.document:NOPE")
+    # the one that does not exist is a bad argument; the others were still handled
+    assert code == 2, out
+    assert "does not exist" in out and "Traceback" not in out
+    lines = {
+        tok: ln for ln in out.splitlines() for tok in ln.split() if tok.startswith("esign.")
+    }
+    assert "skipped" in lines["esign.document:D1"]
+    assert "trigger condition not met" in lines["esign.document:D1"]
+    assert "queued" in lines["esign.document:D2"]
+    assert "not found" in lines["esign.document:NOPE"] and "no record NOPE in" in out
+    assert set(s.deals()) == {"D2"}
+    code, out = _cli(tmp_path, "log", "--json", "--record", "esign.document:NOPE")
+    (row,) = [json.loads(x) for x in out.splitlines() if x.strip()]
+    assert (row["action"], row["link"]) == ("not found", "contracts")
+    assert row["message"] == "sync requested by cli: not found — no record NOPE in esign.document"
+    # signed now: the trigger fires, the request is queued and delivered
+    s.doc("D1", amount=100, status="signed")
+    code, out = _cli(tmp_path, "sync", "--record", "esign.document:D1")
+    assert code == 0, out
+    assert set(s.deals()) == {"D1", "D2"}
+    # already delivered for these values: the trigger does not fire again
+    code, out = _cli(tmp_path, "sync", "--record", "esign.document:D2")
+    assert code == 0 and "trigger condition not met" in out, out
