@@ -177,7 +177,11 @@ def status(
             last = state.last_runs(c)
         from crmsync.engine.quota import QuotaGuard
 
-        quotas = {q.system: q for q in QuotaGuard(cfg, state, utcnow).all()}
+        guard = QuotaGuard(cfg, state, utcnow)
+        quotas = {q.system: q for q in guard.all()}
+        waits = guard.link_waits(
+            cfg, {name: q.get("pending", 0) for name, q in counts.items()}
+        )
     now = utcnow()
     t = Table(title="links")
     t.add_column("link", no_wrap=True)
@@ -195,7 +199,8 @@ def status(
         t.add_row(
             name,
             ("yes" if enabled else "no") + (" (switched)" if override is not None else "")
-            + (", paused" if name in paused else ""),
+            + (", paused" if name in paused else "")
+            + (", waiting for quota" if name in waits else ""),
             lc.schedule or "on demand",
             str(q.get("pending", 0)),
             str(q.get("running", 0)),
@@ -207,6 +212,12 @@ def status(
         if link is None or name == link:
             out.print(f"paused: {name}: {n} message(s) wait, attempts unspent — {redact(why)}",
                       markup=False, soft_wrap=True)
+    for name, (n, until, system) in sorted(waits.items()):
+        if link is None or name == link:
+            out.print(
+                f"waiting for quota: {name}: {n} message(s) wait for {system} until "
+                f"{_when(until)} UTC", markup=False, soft_wrap=True,
+            )
     out.print("last run:", markup=False)
     for name in cfg.links:
         if link is None or name == link:
