@@ -103,16 +103,16 @@ def test_enable_disable_round_trip_is_audited(service: Service) -> None:
 def test_sync_with_records_queues_them(service: Service) -> None:
     admin = service.client(service.admin)
     # active customers (they pass the link's filter); skipped ones: test_request_outcomes
-    r = admin.post(f"/api/links/{LINK}/sync", json={"records": ["C00001", "C00006", "C00001"]})
+    r = admin.post(f"/api/links/{LINK}/sync", json={"records": ["C00005", "C00006", "C00005"]})
     assert r.status_code == 202
     body = r.json()
     assert (body["queued"], body["run_requested"]) == (2, False)
     assert [x["status"] for x in body["records"]] == ["queued", "queued"]
     msgs = admin.get("/api/messages", params={"status": "pending", "link": LINK}).json()
     mine = {m["record_id"]: m for m in msgs}
-    assert {"C00001", "C00006"} <= set(mine)
-    assert mine["C00001"]["side"] == "source" and mine["C00001"]["op"] == "upsert"
-    assert mine["C00001"]["attempts"] == 0
+    assert {"C00005", "C00006"} <= set(mine)
+    assert mine["C00005"]["side"] == "source" and mine["C00005"]["op"] == "upsert"
+    assert mine["C00005"]["attempts"] == 0
     assert admin.get("/api/audit").json()[0]["action"] == "link.sync"
 
 

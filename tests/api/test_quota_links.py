@@ -94,6 +94,17 @@ def test_status_and_api_links_show_what_waits_for_a_quota_and_until_when(
             flat = " ".join(r.output.split())
             assert (f"waiting for quota: customers: {len(waiting)} message(s) wait for crm "
                     f"until {st.resets_at:%Y-%m-%d %H:%M:%S} UTC") in flat, r.output
+            # A sync request while the source's budget is spent: checking would spend
+            # it too, so the records are queued unchecked, and the answer says so.
+            ctx.quota.spend("erp", 1000)  # type: ignore[union-attr]
+            admin = create_token(ctx.state, "admin", "quota-admin")
+            r = httpx.post(f"{server.url}/api/links/customers/sync", timeout=10,
+                           json={"records": [active[0]]},
+                           headers={"Authorization": f"Bearer {admin}"})
+            assert r.status_code == 202, r.text
+            (rec,) = r.json()["records"]
+            assert rec["status"] == "queued"
+            assert rec["reason"].startswith("not checked: quota of erp spent until")
             # the next window: everything goes out, nothing was dropped
             clock.now = st.resets_at
             for _ in range(100):

@@ -71,7 +71,10 @@ class QuotaStatus:
                 f"quota of {self.system} spent until {self.resets_at:%Y-%m-%d %H:%M:%S} UTC "
                 f"({self.used} of {self.calls} calls per {self.per} used)"
             )
-        return f"rate of {self.system} ({self.rate:g} calls/s) reached; {self.rate_wait_s:.1f}s"
+        return (
+            f"rate of {self.system} ({self.rate:g} calls/s) reached: "
+            f"{self.rate_wait_s:.1f}s to wait"
+        )
 
 
 class QuotaWait(CrmsyncError):

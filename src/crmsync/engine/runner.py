@@ -107,14 +107,17 @@ class Engine:
         self.worker_id = make_worker_id()
         self.lease_s = 60.0
         self.use_quota(quota or QuotaGuard(config, state, utcnow))
-        # how a run waits out a quota's rate (calls per second); tests move a clock
-        self.quota_sleep: Callable[[float], None] = time.sleep
 
     # -- quotas ----------------------------------------------------------
-    def use_quota(self, guard: QuotaGuard) -> None:
-        """Count calls against ``guard`` (a service shares its guard and clock)."""
+    def use_quota(self, guard: QuotaGuard, *, wait_rate: bool = True) -> None:
+        """Count calls against ``guard`` (a service shares its guard and clock).
+
+        ``wait_rate``: a run sleeps out a rate limit (seconds); a service's
+        threads do not sleep, they treat it as a wait and look again later.
+        """
         self.quota = guard
         self.meter = QuotaMeter(guard, self.connectors)
+        self.quota_sleep: Callable[[float], None] | None = time.sleep if wait_rate else None
 
     def settle_quota(self) -> None:
         """Count the calls this thread made since the last count."""
@@ -124,7 +127,7 @@ class Engine:
         """Count the calls made so far; raise ``QuotaWait`` when a system's window is
         spent, wait out a rate limit (seconds). Called before every page and batch."""
         while (st := self.meter.blocked(systems)) is not None:
-            if st.remaining <= 0:
+            if st.remaining <= 0 or self.quota_sleep is None:
                 raise QuotaWait(st)
             self.quota_sleep(st.rate_wait_s)
 
