@@ -164,3 +164,38 @@ def test_the_cli_waits_says_so_and_a_second_process_shares_the_budget(sc: Scenar
     r = _cli(sc.tmp, "status", "-c", str(sc.config_path))
     assert r.returncode == 0, r.stderr
     assert "migration waiting" in r.stdout and "spent until" in r.stdout, r.stdout
+
+
+def test_a_run_waits_out_a_rate_and_holds_the_average(sc: Scenario) -> None:
+    text = sc.config_path.read_text().replace(f"calls: {BUDGET}, per: 1h",
+                                              "calls: 100000, per: 24h, rate: 20")
+    sc.config_path.write_text(text)
+    clock = Clock(datetime(2026, 6, 1, 12, 0, 0))
+    start = clock.now
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:  # the guard's clock moves instead of the process
+        slept.append(seconds)
+        clock.now += timedelta(seconds=seconds)
+
+    config = load_config(sc.config_path)
+    state = StateStore(config.state)
+    state.migrate()
+    conns = build_connectors(config, state)
+    try:
+        guard = QuotaGuard(config, state, clock)
+        engine = Engine(config, state, conns, quota=guard)
+        engine.quota_sleep = sleep
+        (report,) = engine.sync()
+        assert report.status == "ok", report.error  # waited, did not give up
+        used = max(guard.status(s).used for s in ("erp", "crm"))  # type: ignore[union-attr]
+    finally:
+        state.close()
+        for c in conns.values():
+            c.close()
+    assert slept  # it did wait
+    elapsed = (clock.now - start).total_seconds()
+    # one second's burst plus at most one step over, then never faster than the rate
+    assert used <= 20 * (elapsed + 1) + STEP
+    active = {k for k, v in sc.erp_rows().items() if v["contract_status"] == "active"}
+    assert active <= set(sc.crm_rows())

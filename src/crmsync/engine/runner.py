@@ -123,12 +123,19 @@ class Engine:
         """Count the calls this thread made since the last count."""
         self.meter.settle()
 
-    def quota_gate(self, systems: Iterable[str]) -> None:
+    def quota_gate(self, systems: Iterable[str], *, start: bool = False) -> None:
         """Count the calls made so far; raise ``QuotaWait`` when a system's window is
-        spent, wait out a rate limit (seconds). Called before every page and batch."""
+        spent. Called before every page and batch.
+
+        A rate limit is slept out by a run; a service thread never sleeps: it does
+        not start work (``start``) but finishes work begun, whose excess then makes
+        the following work wait (the worker asks before every batch).
+        """
         while (st := self.meter.blocked(systems)) is not None:
-            if st.remaining <= 0 or self.quota_sleep is None:
+            if st.remaining <= 0 or (start and self.quota_sleep is None):
                 raise QuotaWait(st)
+            if self.quota_sleep is None:
+                return
             self.quota_sleep(st.rate_wait_s)
 
     def compiled(self, name: str) -> CompiledLink:
@@ -269,7 +276,8 @@ class Engine:
             # Before the run is recorded: a spent quota is no run, just a later one.
             self.quota_gate(
                 {lc.source_system}
-                | ({lc.target_system} if migrating or lc.reads_target else set())
+                | ({lc.target_system} if migrating or lc.reads_target else set()),
+                start=True,
             )
         except QuotaWait as exc:
             report.status, report.error = "waiting", exc.user_message
