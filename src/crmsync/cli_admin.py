@@ -289,6 +289,10 @@ def erase(
         except EraseError as exc:
             raise _fail(str(exc), 3 if exc.unavailable else 1) from None
         finally:
+            from crmsync.engine.quota import QuotaGuard, QuotaMeter
+
+            # Erasure is never held back by a quota, but its calls count like any other.
+            QuotaMeter(QuotaGuard(cfg, state, utcnow), connectors).settle()
             for conn in connectors.values():
                 conn.close()
     t = Table(title=f"erased {ref} (by {report.by}, first at {_when(report.erased_at)} UTC)")

@@ -419,6 +419,7 @@ def build_api_router(ctx: ServiceContext) -> APIRouter:
         try:
             report = erase(ctx.config, ctx.state, ctx.connectors, ref, who.name)
         except EraseError as exc:
+            ctx.engine.settle_quota()  # never held back by a quota; its calls count
             code = (
                 status.HTTP_404_NOT_FOUND if isinstance(exc, RecordNotFound)
                 else status.HTTP_503_SERVICE_UNAVAILABLE if exc.unavailable
@@ -428,6 +429,7 @@ def build_api_router(ctx: ServiceContext) -> APIRouter:
             log.warning("erasure failed: %s", redact(exc.user_message),
                         extra={"action": "record.erase", "actor": who.name})
             raise HTTPException(code, detail=redact(str(exc))) from None
+        ctx.engine.settle_quota()
         log.info("record erased",
                  extra={"action": "record.erase", "actor": who.name, "record": str(ref)})
         return EraseOut(**report.to_json())

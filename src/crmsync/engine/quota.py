@@ -6,11 +6,11 @@ every worker and the API measure the calls each thread made
 system's counter for the current window, in the state database, so all
 processes on all machines share one budget. Work for a system whose budget is
 spent is not started (the engine checks before every migration page, capture
-page and queue batch): its messages stay queued (attempts unspent), a migration
-keeps its page position, and both go on in the next window. A page or batch
-already started finishes, so a window can end a few calls over budget, never
-more than one page's or batch's worth (at the start of a process, reading the
-systems' structure is part of its first page).
+and queue batch): its messages stay queued (attempts unspent), a migration
+keeps its page position, and both go on in the next window. A step already
+started finishes, so a window can end a few calls over budget, never more than
+one step's worth: a page, a batch or a capture. The first step of a run always
+goes (it includes reading the systems' structure), so every run progresses.
 
 Windows are fixed and aligned to the epoch (a 24h window resets at 00:00 UTC),
 so every worker agrees on when one ends without talking to the others.

@@ -23,6 +23,7 @@ neither to the systems nor to the state database.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -117,6 +118,7 @@ class Engine:
         """
         self.quota = guard
         self.meter = QuotaMeter(guard, self.connectors)
+        self._quota_local = threading.local()
         self.quota_sleep: Callable[[float], None] | None = time.sleep if wait_rate else None
 
     def settle_quota(self) -> None:
@@ -131,12 +133,19 @@ class Engine:
         not start work (``start``) but finishes work begun, whose excess then makes
         the following work wait (the worker asks before every batch).
         """
+        local = self._quota_local
+        if not start and getattr(local, "grace", False):
+            # The first step of a run always goes: it includes reading the systems'
+            # structure, and a run that stopped right after it would never progress.
+            local.grace = False
+            return
         while (st := self.meter.blocked(systems)) is not None:
             if st.remaining <= 0 or (start and self.quota_sleep is None):
                 raise QuotaWait(st)
             if self.quota_sleep is None:
                 return
             self.quota_sleep(st.rate_wait_s)
+        local.grace = start
 
     def compiled(self, name: str) -> CompiledLink:
         if name not in self._compiled:
@@ -193,7 +202,7 @@ class Engine:
         run_id = None if dry_run else self.state.start_run(name, kind)
         try:
             if not dry_run:
-                self.quota_gate((lc.source_system, lc.target_system))
+                self.quota_gate((lc.source_system, lc.target_system), start=True)
             try:
                 # Compiling reflects both systems: inside the try, so a system
                 # that is down pauses the run instead of failing it.
@@ -406,13 +415,10 @@ class Engine:
             saved = self.state.get_cursor(c, name, side.value, "incremental")
         cursor = saved.get("cursor") if saved else None
         captured = 0
-        system = lc.source_system if side is Side.SOURCE else lc.target_system
+        # One budget check per capture, not per page: a capture stopped half-way
+        # would re-read its lookback overlap on every resume and could never finish.
+        self.quota_gate((lc.source_system if side is Side.SOURCE else lc.target_system,))
         while True:
-            try:
-                self.quota_gate((system,))  # the cursor so far is committed
-            except QuotaWait:
-                report.counts["captured"] += captured
-                raise
             page = conn.read_changes(obj, cursor, lc.batch_size, lookback)
             lookback = 0.0  # only the first page reaches back
             recs = page.records
