@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+from scenario import Scenario, customers
 from test_trigger import Setup
 from typer.testing import CliRunner
 
@@ -46,3 +48,38 @@ def test_sync_record_reports_each_record_and_syncs_the_ones_that_pass(tmp_path: 
     # already delivered for these values: the trigger does not fire again
     code, out = _cli(tmp_path, "sync", "--record", "esign.document:D2")
     assert code == 0 and "trigger condition not met" in out, out
+
+
+def test_target_records_and_source_deletes_get_their_reasons(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sc = Scenario(tmp_path, f"sqlite:///{tmp_path / 'erp.db'}",
+                  f"sqlite:///{tmp_path / 'crm.db'}", monkeypatch=monkeypatch, batch=10)
+    try:
+        sc.seed(n=20, crm_existing=2)
+        sc.sync()
+        with sc.erp.begin() as c:  # deleted at the source before it was ever synced
+            c.execute(customers.insert().values(
+                customer_no="C09999", name="Gone", status="X", contract_status="active"))
+        unrelated = str(sc.crm_rows()[None]["id"])  # a CRM company no link pairs
+        paired = str(sc.crm_rows()["C00000"]["id"])
+        refs = ["erp.customer:C09999", f"crm.company:{unrelated}", "crm.company:999999",
+                f"crm.company:{paired}"]
+        r = CliRunner().invoke(
+            app, ["sync", "-c", str(sc.config_path), *(x for ref in refs for x in
+                                                      ("--record", ref))])
+        assert r.exit_code == 2, r.output  # crm.company:999999 does not exist
+        rows = {}
+        for ref in refs:
+            row = sc.outcomes(record=ref)[0]  # newest first
+            rows[ref] = (row["action"], row["message"].split(": ", 1)[1])
+        assert rows == {
+            "erp.customer:C09999": (
+                "skipped", "skipped — deleted at the source and never synced: nothing to do"),
+            f"crm.company:{unrelated}": (
+                "skipped", "skipped — not paired with a source record: nothing flows back from it"),
+            "crm.company:999999": ("not found", "not found — no record 999999 in crm.company"),
+            f"crm.company:{paired}": ("queued", "queued"),
+        }
+    finally:
+        sc.close()
