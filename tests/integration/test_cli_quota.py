@@ -10,12 +10,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from dbs import fresh_database
 from scenario import Scenario
 
 from crmsync.config.loader import load_config
@@ -79,14 +81,25 @@ def _pending(sc: Scenario) -> list[Any]:
         st.close()
 
 
-@pytest.fixture
-def sc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Scenario:
-    s = Scenario(tmp_path, f"sqlite:///{tmp_path / 'erp.db'}",
-                 f"sqlite:///{tmp_path / 'crm.db'}", monkeypatch=monkeypatch, batch=5)
-    s.seed(n=60, crm_existing=3)
-    _budgeted(s)
-    yield s
-    s.close()
+STATE = [
+    pytest.param("sqlite", id="sqlite-state"),
+    pytest.param("postgresql", id="postgresql-state", marks=pytest.mark.postgresql),
+]
+
+
+@pytest.fixture(params=STATE)
+def sc(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Scenario]:
+    """The budget is kept in the state database: SQLite, and PostgreSQL (shared)."""
+    with fresh_database(request.param, tmp_path, "state") as state_url:
+        s = Scenario(tmp_path, f"sqlite:///{tmp_path / 'erp.db'}",
+                     f"sqlite:///{tmp_path / 'crm.db'}", monkeypatch=monkeypatch, batch=5,
+                     state_url=state_url)
+        s.seed(n=60, crm_existing=3)
+        _budgeted(s)
+        yield s
+        s.close()
 
 
 def test_migration_over_several_windows_keeps_the_budget_and_loses_nothing(

@@ -13,12 +13,16 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from dbs import fresh_database
+from scenario import Scenario, customers, now
 from test_erase_links import OTTO, STATE, ZELDA, World
+from typer.testing import CliRunner
 
+from crmsync.cli import app
 from crmsync.connectors import build_connectors
 from crmsync.engine.erase import RecordNotFound, erase
 from crmsync.model import RecordRef
 from crmsync.state import schema as S
+from crmsync.state.store import StateStore
 
 
 @pytest.fixture(params=STATE)
@@ -131,3 +135,35 @@ def test_existing_records_are_still_erased(world: World) -> None:
         c.exec_driver_sql("DELETE FROM person WHERE id = 'P3'")
     r = world.cli("erase", "erp.person:P3", "--yes")
     assert r.exit_code == 0, r.output
+
+
+def test_refused_on_every_system_database(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ERP on SQLite, PostgreSQL and MariaDB: the existence check asks the system."""
+    sc = Scenario(tmp_path, db_url, f"sqlite:///{tmp_path / 'crm.db'}",
+                  monkeypatch=monkeypatch, batch=10)
+    try:
+        sc.seed(n=10, crm_existing=1)
+        sc.sync()
+        r = CliRunner().invoke(app, ["erase", "erp.customer:C07777", "--yes",
+                                     "-c", str(sc.config_path)])
+        assert r.exit_code == 2 and "erp.customer:C07777 does not exist" in r.output, r.output
+        st = StateStore(sc.state_url)
+        try:
+            with st.connect() as c:
+                assert list(c.execute(sa.select(S.erased.c.record_ref))) == []
+        finally:
+            st.close()
+        with sc.erp.begin() as c:
+            c.execute(customers.insert().values(
+                customer_no="C07777", name="Born Later", status="A",
+                contract_status="active", changed_at=now()))
+        sc.sync()
+        assert sc.crm_rows()["C07777"]["name"] == "Born Later"
+        # an existing record is not "missing": the old answer (no anonymize:) stands
+        r = CliRunner().invoke(app, ["erase", "erp.customer:C00001", "--yes",
+                                     "-c", str(sc.config_path)])
+        assert r.exit_code == 1 and "nothing to erase" in r.output, r.output
+    finally:
+        sc.close()
