@@ -134,7 +134,9 @@ class Engine:
         the following work wait (the worker asks before every batch).
         """
         local = self._quota_local
-        if not start and getattr(local, "grace", False):
+        if start:
+            local.grace = False  # a new run: no step of an earlier one carries over
+        elif getattr(local, "grace", False):
             # The first step of a run always goes: it includes reading the systems'
             # structure, and a run that stopped right after it would never progress.
             local.grace = False
