@@ -215,3 +215,40 @@ def test_a_run_waits_out_a_rate_and_holds_the_average(sc: Scenario) -> None:
     assert used <= 20 * (elapsed + 1) + STEP
     active = {k for k, v in sc.erp_rows().items() if v["contract_status"] == "active"}
     assert active <= set(sc.crm_rows())
+
+
+def test_a_scheduled_migration_keeps_the_budget_too(sc: Scenario) -> None:
+    """`serve`'s scheduler migrates page by page under the same budget as the CLI."""
+    from crmsync.service.context import ServiceContext
+    from crmsync.service.scheduler import Scheduler
+    from crmsync.service.worker import Worker
+
+    clock = Clock(datetime(2026, 6, 1, 12, 0, 0))
+    ctx = ServiceContext.open(sc.config_path, clock=clock)
+    try:
+        with ctx.state.begin() as c:
+            ctx.state.request_run(c, "customers", now=clock.now)
+        scheduler, worker = Scheduler(ctx), Worker(ctx)
+        runs: list[str] = []
+        windows = 0
+        while windows < 80:
+            scheduler.run_once()
+            while worker.run_once():
+                pass
+            for s in ("erp", "crm"):
+                assert ctx.quota.status(s).used <= BUDGET + STEP  # type: ignore[union-attr]
+            runs = [r["status"] for r in ctx.state.runs("customers", 1000)]
+            with ctx.state.connect() as c:
+                mig = ctx.state.get_cursor(c, "customers", "source", "migration")
+                left = ctx.state.queue_counts(c)
+            if mig and mig.get("done") and not left.get("pending"):
+                break
+            clock.now += timedelta(hours=1)
+            windows += 1
+        assert 2 <= windows < 80 and "waiting" in runs
+    finally:
+        ctx.close()
+    active = {k for k, v in sc.erp_rows().items() if v["contract_status"] == "active"}
+    crm = sc.crm_rows()
+    assert active <= set(crm)
+    assert all(crm[k]["name"] == sc.erp_rows()[k]["name"] for k in active)
