@@ -61,16 +61,18 @@ def test_target_records_and_source_deletes_get_their_reasons(
         with sc.erp.begin() as c:  # deleted at the source before it was ever synced
             c.execute(customers.insert().values(
                 customer_no="C09999", name="Gone", status="X", contract_status="active"))
+            # a paired record hard-deleted: no capture sees it; a request hands it over
+            c.execute(customers.delete().where(customers.c.customer_no == "C00001"))
         unrelated = str(sc.crm_rows()[None]["id"])  # a CRM company no link pairs
         paired = str(sc.crm_rows()["C00000"]["id"])
         refs = ["erp.customer:C09999", f"crm.company:{unrelated}", "crm.company:999999",
-                f"crm.company:{paired}"]
+                f"crm.company:{paired}", "erp.customer:C00001"]
         r = CliRunner().invoke(
             app, ["sync", "-c", str(sc.config_path), *(x for ref in refs for x in
                                                       ("--record", ref))])
         assert r.exit_code == 2, r.output  # crm.company:999999 does not exist
         rows = {}
-        for ref in refs:
+        for ref in refs[:-1]:
             row = sc.outcomes(record=ref)[0]  # newest first
             rows[ref] = (row["action"], row["message"].split(": ", 1)[1])
         assert rows == {
@@ -81,5 +83,11 @@ def test_target_records_and_source_deletes_get_their_reasons(
             "crm.company:999999": ("not found", "not found — no record 999999 in crm.company"),
             f"crm.company:{paired}": ("queued", "queued"),
         }
+        # newest first: the request, then the delete it handed over
+        done, queued = sc.outcomes(record="erp.customer:C00001")[:2]
+        assert (done["action"], queued["action"]) == ("deleted", "queued")
+        assert queued["message"].endswith(
+            "no longer in its system: the delete is synced to its pair")
+        assert sc.crm_rows()["C00001"]["status"] == "Deleted"
     finally:
         sc.close()

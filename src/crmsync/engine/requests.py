@@ -31,6 +31,9 @@ FILTERED = "does not pass the link's filter"
 NOT_TRIGGERED = "trigger condition not met"
 ERASED = "erased (GDPR): never synced again"
 DELETED_UNSYNCED = "deleted at the source and never synced: nothing to do"
+DELETED_SYNCED = "deleted at the source; the delete was already synced"
+GONE_PAIRED = "no longer in its system: the delete is synced to its pair"
+GONE_TARGET = "no longer in its system: its pair is checked (it is not re-created)"
 UNPAIRED = "not paired with a source record: nothing flows back from it"
 
 
@@ -97,19 +100,29 @@ def request_records(
             engine.settle_quota()
         found = [i for i in todo if i in records]
         with state.connect() as c:
+            # Pairs of every requested id: one gone from its system but paired is a
+            # delete to hand over (a hard delete no capture can see), not "not found".
             if side is Side.SOURCE:
-                idents: dict[str, Identity] = state.identities_by_source(c, name, found)
-                pairs: dict[str, Identity | None] = {i: idents.get(i) for i in found}
+                idents: dict[str, Identity] = state.identities_by_source(c, name, todo)
+                pairs: dict[str, Identity | None] = {i: idents.get(i) for i in todo}
                 seen = state.trigger_seen(c, name, found) if link.trigger and found else {}
             else:
-                idents = state.identities_by_target(c, name, found)
+                idents = state.identities_by_target(c, name, todo)
                 pairs = {ident.source_id: ident for ident in idents.values()}
                 seen = {}
             gone = set(state.erased_pairs(c, sprefix, tprefix, pairs)) if pairs else set()
         for rid in todo:
             rec = records.get(rid)
             if rec is None:
-                put(rid, "not found", f"no record {rid} in {system}.{obj}")
+                ident = idents.get(rid)
+                if ident is None:
+                    put(rid, "not found", f"no record {rid} in {system}.{obj}")
+                elif (ident.source_id if side is Side.TARGET else rid) in gone:
+                    put(rid, "skipped", ERASED)
+                elif side is Side.SOURCE and ident.deleted:
+                    put(rid, "skipped", DELETED_SYNCED)
+                else:
+                    put(rid, "queued", GONE_PAIRED if side is Side.SOURCE else GONE_TARGET)
                 continue
             if side is Side.TARGET:
                 ident = idents.get(rid)
