@@ -40,7 +40,7 @@ from crmsync.errors import (
     StateUnavailable,
     SystemUnavailable,
 )
-from crmsync.model import Action, RecordRef
+from crmsync.model import REQUEST_ACTIONS, Action, RecordRef
 
 app = typer.Typer(
     help="crmsync keeps records in step between a CRM and the applications around it.",
@@ -315,9 +315,10 @@ def sync(
             refs.append(RecordRef.parse(text))
         except ValueError as exc:
             raise _fail(f"--record: {exc}", 2) from None
+    missing = False
     with _engine(config) as engine:
         if refs:
-            names = _queue_records(engine, refs, link)
+            names, missing = _queue_records(engine, refs, link)
             if not names:
                 raise _fail("no enabled link reads " + ", ".join(map(str, refs)), 2)
             link = names[0] if len(names) == 1 else link
@@ -352,35 +353,57 @@ def sync(
     out.print(_summary_table("sync", reports))
     if code := _exit_code(reports):
         raise typer.Exit(code)
+    if missing:
+        raise _fail("a requested record does not exist (see above); the others were synced", 2)
 
 
-def _queue_records(engine: Any, refs: list[RecordRef], only: str | None) -> list[str]:
-    """Queue explicit records for the links they belong to; returns those links."""
+def _queue_records(
+    engine: Any, refs: list[RecordRef], only: str | None
+) -> tuple[list[str], bool]:
+    """Check and queue explicit records for the links they belong to, and print each
+    record's outcome (queued, skipped with the reason, not found; also in the log).
+    Returns the links that read them and whether a record was not found."""
+    from crmsync.engine.requests import request_records
+    from crmsync.errors import SystemUnavailable
     from crmsync.model import Side
 
-    names: list[str] = []
-    with engine.state.begin() as c:
-        for name in engine.link_names(only):
-            lc = engine.config.links[name]
-            for ref in refs:
-                obj = f"{ref.system}.{ref.object}"
-                side = (
-                    Side.SOURCE if obj == lc.source
-                    else Side.TARGET if obj == lc.target and lc.reads_target
-                    else None
-                )
-                if side is not None:
-                    engine.state.enqueue(c, name, side.value, [(ref.id, "upsert", None)])
-                    if name not in names:
-                        names.append(name)
-    return names
+    wanted: dict[tuple[str, Side], list[str]] = {}
+    for name in engine.link_names(only):
+        lc = engine.config.links[name]
+        for ref in refs:
+            obj = f"{ref.system}.{ref.object}"
+            side = (
+                Side.SOURCE if obj == lc.source
+                else Side.TARGET if obj == lc.target and lc.reads_target
+                else None
+            )
+            if side is not None:
+                wanted.setdefault((name, side), []).append(ref.id)
+    done = []
+    for (name, side), ids in wanted.items():
+        try:
+            done += request_records(engine, name, side, ids, actor="cli")
+        except SystemUnavailable as exc:
+            raise _fail(f"link {name}: {exc.user_message}; nothing was queued", 3) from None
+    if done:
+        t = Table(title="requested records")
+        for col in ("link", "record", "outcome", "reason"):
+            t.add_column(col)
+        for r in done:
+            t.add_row(r.link, r.ref, r.status, r.reason or "-")
+        out.print(t)
+    names = list(dict.fromkeys(name for name, _ in wanted))
+    return names, any(r.status == "not found" for r in done)
 
 
 # What `log --status` filters on: an outcome's status or its action (erasure
 # logs `erased`).
 LOG_STATUSES: tuple[str, ...] = tuple(
     dict.fromkeys(
-        ["ok", "failed", "rejected", "conflict", "skipped", *(a.value for a in Action), "erased"]
+        [
+            "ok", "failed", "rejected", "conflict", "skipped",
+            *(a.value for a in Action), "erased", *REQUEST_ACTIONS,
+        ]
     )
 )
 

@@ -171,7 +171,11 @@ def status(
             last = state.last_runs(c)
         from crmsync.engine.quota import QuotaGuard
 
-        quotas = {q.system: q for q in QuotaGuard(cfg, state, utcnow).all()}
+        guard = QuotaGuard(cfg, state, utcnow)
+        quotas = {q.system: q for q in guard.all()}
+        waits = guard.link_waits(
+            cfg, {name: q.get("pending", 0) for name, q in counts.items()}
+        )
     now = utcnow()
     t = Table(title="links")
     t.add_column("link", no_wrap=True)
@@ -189,7 +193,8 @@ def status(
         t.add_row(
             name,
             ("yes" if enabled else "no") + (" (switched)" if override is not None else "")
-            + (", paused" if name in paused else ""),
+            + (", paused" if name in paused else "")
+            + (", waiting for quota" if name in waits else ""),
             lc.schedule or "on demand",
             str(q.get("pending", 0)),
             str(q.get("running", 0)),
@@ -201,6 +206,12 @@ def status(
         if link is None or name == link:
             out.print(f"paused: {name}: {n} message(s) wait, attempts unspent — {redact(why)}",
                       markup=False, soft_wrap=True)
+    for name, (n, until, system) in sorted(waits.items()):
+        if link is None or name == link:
+            out.print(
+                f"waiting for quota: {name}: {n} message(s) wait for {system} until "
+                f"{_when(until)} UTC", markup=False, soft_wrap=True,
+            )
     out.print("last run:", markup=False)
     for name in cfg.links:
         if link is None or name == link:
@@ -235,10 +246,11 @@ def erase(
 
     Objects with `anonymize: {field: replacement}` get those values written; crmsync's
     own state keeps no personal value; the records are never synced again.
-    Running it again is harmless. Exit 3 when a system is unreachable.
+    Running it again is harmless. Exit 2 when the record exists nowhere (nothing is
+    marked), 3 when a system is unreachable.
     """
     from crmsync.connectors import build_connectors
-    from crmsync.engine.erase import EraseError
+    from crmsync.engine.erase import EraseError, RecordNotFound, refuse_missing
     from crmsync.engine.erase import erase as run_erase
     from crmsync.engine.graph import UnknownRecordType, linked_records
     from crmsync.model import RecordRef
@@ -259,18 +271,27 @@ def erase(
             group = linked_records(cfg, state, ref)
         except UnknownRecordType as exc:
             raise _fail(exc.user_message, 2) from None
-        if not yes:
-            out.print("these records will be anonymized and never synced again:", markup=False)
-            for r in group:
-                out.print(f"  {r}", markup=False)
-            if not typer.confirm("erase them?", default=False, err=True):
-                raise _fail("nothing was erased", 1)
         connectors = build_connectors(cfg, state)
         try:
+            # Before asking: an id that exists nowhere is refused, nothing marked.
+            refuse_missing(cfg, state, connectors, group, by)
+            if not yes:
+                out.print("these records will be anonymized and never synced again:",
+                          markup=False)
+                for r in group:
+                    out.print(f"  {r}", markup=False)
+                if not typer.confirm("erase them?", default=False, err=True):
+                    raise _fail("nothing was erased", 1)
             report = run_erase(cfg, state, connectors, ref, by)
+        except RecordNotFound as exc:
+            raise _fail(str(exc), 2) from None
         except EraseError as exc:
             raise _fail(str(exc), 3 if exc.unavailable else 1) from None
         finally:
+            from crmsync.engine.quota import QuotaGuard, QuotaMeter
+
+            # Erasure is never held back by a quota, but its calls count like any other.
+            QuotaMeter(QuotaGuard(cfg, state, utcnow), connectors).settle()
             for conn in connectors.values():
                 conn.close()
     t = Table(title=f"erased {ref} (by {report.by}, first at {_when(report.erased_at)} UTC)")

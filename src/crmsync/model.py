@@ -130,6 +130,10 @@ class FieldOutcome:
         return out
 
 
+# Actions of the outcomes a sync request leaves (``engine.requests``).
+REQUEST_ACTIONS = ("queued", "skipped", "not found")
+
+
 class Action(StrEnum):
     """What happened to one record in one pass."""
 

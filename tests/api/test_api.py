@@ -102,21 +102,26 @@ def test_enable_disable_round_trip_is_audited(service: Service) -> None:
 
 def test_sync_with_records_queues_them(service: Service) -> None:
     admin = service.client(service.admin)
-    r = admin.post(f"/api/links/{LINK}/sync", json={"records": ["C00003", "C00004", "C00003"]})
+    # active customers (they pass the link's filter); skipped ones: test_request_outcomes
+    r = admin.post(f"/api/links/{LINK}/sync", json={"records": ["C00005", "C00006", "C00005"]})
     assert r.status_code == 202
-    assert r.json() == {"queued": 2, "run_requested": False}
+    body = r.json()
+    assert (body["queued"], body["run_requested"]) == (2, False)
+    assert [x["status"] for x in body["records"]] == ["queued", "queued"]
     msgs = admin.get("/api/messages", params={"status": "pending", "link": LINK}).json()
     mine = {m["record_id"]: m for m in msgs}
-    assert {"C00003", "C00004"} <= set(mine)
-    assert mine["C00003"]["side"] == "source" and mine["C00003"]["op"] == "upsert"
-    assert mine["C00003"]["attempts"] == 0
+    assert {"C00005", "C00006"} <= set(mine)
+    assert mine["C00005"]["side"] == "source" and mine["C00005"]["op"] == "upsert"
+    assert mine["C00005"]["attempts"] == 0
     assert admin.get("/api/audit").json()[0]["action"] == "link.sync"
 
 
 def test_sync_without_records_requests_a_run(service: Service) -> None:
     r = service.client(service.admin).post(f"/api/links/{LINK}/sync")
     assert r.status_code == 202
-    assert r.json() == {"queued": 0, "run_requested": True}
+    assert r.json() == {
+        "queued": 0, "run_requested": True, "skipped": 0, "not_found": 0, "records": None
+    }
     st = service.ctx.state.link_states()[LINK]
     assert st["next_run_at"] is not None
     assert abs(st["next_run_at"] - utcnow()) < timedelta(minutes=1)

@@ -68,6 +68,16 @@ class LinkOut(BaseModel):
         description="messages waiting because a system did not answer (attempts unspent); "
         "more than 0 means the link is paused until the system answers",
     )
+    quota_waiting: int = Field(
+        0,
+        description="pending messages held back because a system's quota allows no call "
+        "now (they go out when it reopens)",
+    )
+    quota_resets_at: UtcDatetime | None = Field(
+        None,
+        description="when the spent quota reopens for this link (null: no quota holds it)",
+    )
+    quota_system: str | None = Field(None, description="the system whose quota holds it")
     last_run: RunOut | None
 
 
@@ -81,9 +91,29 @@ class SyncIn(BaseModel):
     )
 
 
+class RecordOutcomeOut(BaseModel):
+    id: str = Field(description="the requested source record id")
+    status: Literal["queued", "skipped", "not found"] = Field(
+        description="queued: it syncs next; skipped: it would not sync (see reason); "
+        "not found: no such record in the source system"
+    )
+    reason: str | None = Field(
+        None,
+        description="why it was skipped or not found (e.g. \"does not pass the link's "
+        "filter\", \"trigger condition not met\"), or a note on a queued one",
+    )
+
+
 class SyncOut(BaseModel):
-    queued: int
+    queued: int = Field(description="records queued now")
     run_requested: bool = False
+    skipped: int = Field(0, description="requested records that would not sync (see records)")
+    not_found: int = Field(0, description="requested records not in the source system")
+    records: list[RecordOutcomeOut] | None = Field(
+        None,
+        description="one outcome per requested record, in request order (also in the log: "
+        "crmsync log --link NAME); null when no records were given",
+    )
 
 
 class MessageOut(BaseModel):

@@ -30,6 +30,7 @@ from crmsync.api.models import (
     QuotaOut,
     QuotasOut,
     RecordId,
+    RecordOutcomeOut,
     RetryOut,
     RunOut,
     SyncIn,
@@ -39,8 +40,10 @@ from crmsync.api.models import (
 from crmsync.config.models import NAME_RE
 from crmsync.config.secrets import redact
 from crmsync.engine.deeplinks import deep_links
-from crmsync.engine.erase import EraseError, EraseRefused, erase
+from crmsync.engine.erase import EraseError, EraseRefused, RecordNotFound, erase
 from crmsync.engine.graph import UnknownRecordType, object_config
+from crmsync.engine.requests import request_records
+from crmsync.errors import SystemUnavailable
 from crmsync.model import RecordRef, Side
 from crmsync.service.context import ServiceContext
 
@@ -108,6 +111,8 @@ def _links(ctx: ServiceContext, only: str | None = None) -> list[LinkOut]:
         oldest = st.oldest_waiting(c)
         paused = st.waiting_unreachable(c)
         last = st.last_runs(c)
+    pending = {name: q.get("pending", 0) for name, q in counts.items()}
+    waits = ctx.quota.link_waits(ctx.config, pending) if ctx.quota is not None else {}
     out = []
     for name, lc in ctx.config.links.items():
         if only is not None and name != only:
@@ -128,6 +133,9 @@ def _links(ctx: ServiceContext, only: str | None = None) -> list[LinkOut]:
                 queue=QueueCounts(**counts.get(name, {})),
                 oldest_waiting_at=oldest.get(name),
                 paused_messages=paused[name][0] if name in paused else 0,
+                quota_waiting=waits[name][0] if name in waits else 0,
+                quota_resets_at=waits[name][1] if name in waits else None,
+                quota_system=waits[name][2] if name in waits else None,
                 last_run=_run(last[name]) if name in last else None,
             )
         )
@@ -204,34 +212,61 @@ def build_api_router(ctx: ServiceContext) -> APIRouter:
         "/links/{name}/sync",
         response_model=SyncOut,
         status_code=status.HTTP_202_ACCEPTED,
-        responses={**ADMIN, **NOT_FOUND, 409: {"model": ErrorOut}, **BAD_BODY},
+        responses={
+            **ADMIN, **NOT_FOUND, 409: {"model": ErrorOut}, **BAD_BODY,
+            503: {"model": ErrorOut, "description": "the source system is unreachable, so the "
+                  "records cannot be checked; nothing was queued: ask again"},
+        },
     )
     def sync(name: Name, who: Admin, body: SyncIn | None = None) -> SyncOut:
-        """Sync now: the given source records (queued), or the whole link (run requested)."""
+        """Sync now: the given source records, or the whole link (run requested).
+
+        Each given record is checked first and gets an outcome, in the response
+        (`records`) and in the log: `queued`, `skipped` with the reason (erased,
+        trigger condition not met, does not pass the link's filter) or `not found`.
+        """
         _known_link(ctx, name)
         if not _links(ctx, name)[0].enabled:
             raise HTTPException(status.HTTP_409_CONFLICT, detail=f"link {name!r} is disabled")
         now = ctx.clock()
         ids = list(dict.fromkeys(body.records)) if body and body.records is not None else None
-        with ctx.state.begin() as c:
-            if ids is not None:
-                n = ctx.state.enqueue(
-                    c, name, Side.SOURCE.value, [(r, "upsert", None) for r in ids], now=now
+        def audit(c: Any, done: list[Any] | None = None) -> None:
+            detail: dict[str, Any] = {"run_requested": True} if done is None else {
+                "records": len(done),
+                **{k: sum(1 for r in done if r.status == s)
+                   for k, s in (("queued", "queued"), ("skipped", "skipped"),
+                                ("not_found", "not found"))},
+            }
+            ctx.state.add_audit(c, who.name, "link.sync", f"link:{name}", detail, now=now)
+
+        if ids is not None:
+            try:
+                done = request_records(
+                    ctx.engine, name, Side.SOURCE, ids, actor=who.name, now=now, on_commit=audit
                 )
-                result = SyncOut(queued=n)
-            else:
-                ctx.state.request_run(c, name, now=now)
-                result = SyncOut(queued=0, run_requested=True)
-            ctx.state.add_audit(
-                c, who.name, "link.sync", f"link:{name}",
-                {"records": len(ids)} if ids is not None else {"run_requested": True}, now=now,
+            except SystemUnavailable as exc:
+                raise HTTPException(
+                    status.HTTP_503_SERVICE_UNAVAILABLE,
+                    detail=redact(f"{exc.user_message}; nothing was queued: ask again"),
+                ) from None
+            tally = {s: sum(1 for r in done if r.status == s) for s in ("queued", "skipped")}
+            result = SyncOut(
+                queued=tally["queued"], skipped=tally["skipped"],
+                not_found=len(done) - tally["queued"] - tally["skipped"],
+                records=[RecordOutcomeOut(**r.to_json()) for r in done],
             )
+        else:
+            with ctx.state.begin() as c:
+                ctx.state.request_run(c, name, now=now)
+                audit(c)
+            result = SyncOut(queued=0, run_requested=True)
         if result.queued:
             ctx.wake.set()  # committed: a worker of this process takes it now
         log.info(
             "sync requested",
             extra={"action": "link.sync", "link": name, "actor": who.name,
-                   "queued": result.queued},
+                   "queued": result.queued, "skipped": result.skipped,
+                   "not_found": result.not_found},
         )
         return result
 
@@ -360,7 +395,8 @@ def build_api_router(ctx: ServiceContext) -> APIRouter:
         response_model=EraseOut,
         responses={
             **ADMIN,
-            **NOT_FOUND,
+            404: {"model": ErrorOut, "description": "no such system or object, or the record "
+                  "is neither in its system nor known to crmsync; nothing was marked"},
             409: {"model": ErrorOut, "description": "no linked object declares `anonymize:`, "
                   "or its `anonymize:` does not fit the object; nothing was changed"},
             502: {"model": ErrorOut, "description": "a system refused the replacement values; "
@@ -383,14 +419,17 @@ def build_api_router(ctx: ServiceContext) -> APIRouter:
         try:
             report = erase(ctx.config, ctx.state, ctx.connectors, ref, who.name)
         except EraseError as exc:
+            ctx.engine.settle_quota()  # never held back by a quota; its calls count
             code = (
-                status.HTTP_503_SERVICE_UNAVAILABLE if exc.unavailable
+                status.HTTP_404_NOT_FOUND if isinstance(exc, RecordNotFound)
+                else status.HTTP_503_SERVICE_UNAVAILABLE if exc.unavailable
                 else status.HTTP_409_CONFLICT if isinstance(exc, EraseRefused)
                 else status.HTTP_502_BAD_GATEWAY
             )
             log.warning("erasure failed: %s", redact(exc.user_message),
                         extra={"action": "record.erase", "actor": who.name})
             raise HTTPException(code, detail=redact(str(exc))) from None
+        ctx.engine.settle_quota()
         log.info("record erased",
                  extra={"action": "record.erase", "actor": who.name, "record": str(ref)})
         return EraseOut(**report.to_json())

@@ -57,6 +57,14 @@ class NothingToAnonymize(EraseRefused):
     """No object of the group declares ``anonymize:``: nothing was changed."""
 
 
+class RecordNotFound(EraseError):
+    """The record is neither in its system nor known to crmsync: nothing was marked.
+
+    Marking an id that does not exist would stop a record created later with
+    that id from ever being synced.
+    """
+
+
 @dataclass(slots=True)
 class RecordErasure:
     ref: RecordRef
@@ -104,10 +112,12 @@ def erase(
 ) -> EraseReport:
     """Erase ``ref`` and every record linked to it; see the module docstring.
 
-    Raises ``UnknownRecordType`` (unknown system/object), ``NothingToAnonymize``
-    or ``EraseError`` (naming the system that refused or could not be reached).
+    Raises ``UnknownRecordType`` (unknown system/object), ``RecordNotFound`` (the
+    id exists nowhere: nothing marked), ``NothingToAnonymize`` or ``EraseError``
+    (naming the system that refused or could not be reached).
     """
     group = linked_records(config, state, ref)
+    refuse_missing(config, state, connectors, group, by)
     types = list(dict.fromkeys(f"{r.system}.{r.object}" for r in group))
     if not any(object_config(config, r.system, r.object).anonymize for r in group):
         raise NothingToAnonymize(
@@ -159,6 +169,60 @@ def erase(
         )
         erased_at = min(r["erased_at"] for r in state.erased_rows(c, refs))
     return EraseReport(ref, by, erased_at, results, scrubbed)
+
+
+def refuse_missing(
+    config: Config,
+    state: StateStore,
+    connectors: dict[str, Connector],
+    group: list[RecordRef],
+    by: str,
+) -> None:
+    """Raise ``RecordNotFound`` (and audit the refusal) when the group's record exists
+    nowhere; a record paired with others exists by definition."""
+    ref = group[0]
+    if len(group) > 1 or record_exists(config, state, connectors, ref):
+        return
+    with state.begin() as c:
+        state.add_audit(
+            c, by, "record.erase", str(ref), {"status": "refused", "reason": "not found"},
+            now=utcnow(),
+        )
+    raise RecordNotFound(
+        f"{ref} does not exist: no such record in {ref.system}.{ref.object} and crmsync "
+        "knows nothing about it; nothing was erased or marked",
+    )
+
+
+def record_exists(
+    config: Config, state: StateStore, connectors: dict[str, Connector], ref: RecordRef
+) -> bool:
+    """Whether ``ref`` is in its system (a push-only system: crmsync's copy) or known to
+    crmsync's state (paired, erased before, logged). Raises ``EraseError`` when the
+    system cannot be asked; ``UnknownRecordType`` for an unknown system or object."""
+    object_config(config, ref.system, ref.object)
+    kind = f"{ref.system}.{ref.object}"
+    sides = [(name, "source") for name, lc in config.links.items() if lc.source == kind]
+    sides += [(name, "target") for name, lc in config.links.items() if lc.target == kind]
+    with state.connect() as c:
+        if state.record_known(c, str(ref), sides):
+            return True
+        if config.systems[ref.system].connector == "webhook":
+            # Deleted pushes stay in crmsync's copy: still a record to erase.
+            return state.pushed_get(c, ref.system, ref.object, ref.id) is not None
+    try:
+        return ref.id in connectors[ref.system].read(ref.object, [ref.id])
+    except SystemUnavailable as exc:
+        raise EraseError(
+            f"system {ref.system} is unreachable: {exc.user_message}; cannot tell whether "
+            f"{ref} exists; nothing was changed",
+            system=ref.system, unavailable=True,
+        ) from None
+    except CrmsyncError as exc:
+        raise EraseError(
+            f"system {ref.system} could not read {ref}: {exc.user_message}; nothing was changed",
+            system=ref.system,
+        ) from None
 
 
 def _remove_notes(state: StateStore, connectors: dict[str, Connector], refs: list[str]) -> int:

@@ -12,6 +12,10 @@ capture -> queue -> apply:
   queued again and found unchanged by apply (no write).
 * Draining claims due messages (one per record), applies them, and finishes
   them in the apply's transaction.
+* Quotas: before every page and batch the calls made so far are counted
+  against the systems' budgets (``engine.quota``); when one is spent the run
+  stops there with status ``waiting`` (positions and messages kept) and goes
+  on in a later run, once the window reopens.
 
 A dry run (``plan``) does the same reads and decisions and writes nothing,
 neither to the systems nor to the state database.
@@ -19,8 +23,10 @@ neither to the systems nor to the state database.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -30,6 +36,7 @@ from crmsync.connectors.base import Connector
 from crmsync.engine.apply import Applier, BatchResult, RunTally, WorkItem
 from crmsync.engine.lease import local_owner_gone, make_worker_id
 from crmsync.engine.link import CompiledLink, compile_link
+from crmsync.engine.quota import QuotaGuard, QuotaMeter, QuotaWait
 from crmsync.engine.retry import RetryPolicy
 from crmsync.errors import SystemUnavailable
 from crmsync.model import Action, Outcome, Side
@@ -100,6 +107,7 @@ class Engine:
         *,
         retry: RetryPolicy | None = None,
         progress: Progress | None = None,
+        quota: QuotaGuard | None = None,
     ) -> None:
         self.config = config
         self.state = state
@@ -109,6 +117,47 @@ class Engine:
         self._compiled: dict[str, CompiledLink] = {}
         self.worker_id = make_worker_id()
         self.lease_s = 60.0
+        self.use_quota(quota or QuotaGuard(config, state, utcnow))
+
+    # -- quotas ----------------------------------------------------------
+    def use_quota(self, guard: QuotaGuard, *, wait_rate: bool = True) -> None:
+        """Count calls against ``guard`` (a service shares its guard and clock).
+
+        ``wait_rate``: a run sleeps out a rate limit (seconds); a service's
+        threads do not sleep, they treat it as a wait and look again later.
+        """
+        self.quota = guard
+        self.meter = QuotaMeter(guard, self.connectors)
+        self._quota_local = threading.local()
+        self.quota_sleep: Callable[[float], None] | None = time.sleep if wait_rate else None
+
+    def settle_quota(self) -> None:
+        """Count the calls this thread made since the last count."""
+        self.meter.settle()
+
+    def quota_gate(self, systems: Iterable[str], *, start: bool = False) -> None:
+        """Count the calls made so far; raise ``QuotaWait`` when a system's window is
+        spent. Called before every page and batch.
+
+        A rate limit is slept out by a run; a service thread never sleeps: it does
+        not start work (``start``) but finishes work begun, whose excess then makes
+        the following work wait (the worker asks before every batch).
+        """
+        local = self._quota_local
+        if start:
+            local.grace = False  # a new run: no step of an earlier one carries over
+        elif getattr(local, "grace", False):
+            # The first step of a run always goes: it includes reading the systems'
+            # structure, and a run that stopped right after it would never progress.
+            local.grace = False
+            return
+        while (st := self.meter.blocked(systems)) is not None:
+            if st.remaining <= 0 or (start and self.quota_sleep is None):
+                raise QuotaWait(st)
+            if self.quota_sleep is None:
+                return
+            self.quota_sleep(st.rate_wait_s)
+        local.grace = start
 
     def compiled(self, name: str) -> CompiledLink:
         if name not in self._compiled:
@@ -165,6 +214,8 @@ class Engine:
         run_id = None if dry_run else self.state.start_run(name, kind)
         report.tally.run_id = run_id
         try:
+            if not dry_run:
+                self.quota_gate((lc.source_system, lc.target_system), start=True)
             try:
                 # Compiling reflects both systems: inside the try, so a system
                 # that is down pauses the run instead of failing it.
@@ -197,6 +248,9 @@ class Engine:
                 if lc.reads_target:
                     self._capture(name, lc, tgt, Side.TARGET, report, run_id)
                 self._drain(link, applier, report, max_samples)
+        except QuotaWait as exc:
+            report.status = "waiting"
+            report.error = exc.user_message
         except SystemUnavailable as exc:
             report.status = "paused"
             report.error = exc.user_message
@@ -206,6 +260,9 @@ class Engine:
             if run_id is not None:
                 self.state.finish_run(run_id, report.status, report.summary(), report.error)
             raise
+        finally:
+            if not dry_run:
+                self.settle_quota()
         if run_id is not None:
             self.state.finish_run(run_id, report.status, report.summary(), report.error)
         return report
@@ -239,6 +296,16 @@ class Engine:
             mig = self.state.get_cursor(c, name, Side.SOURCE.value, "migration")
         migrating = not (mig and mig.get("done"))
         report = LinkReport(name, "migration" if migrating else kind)
+        try:
+            # Before the run is recorded: a spent quota is no run, just a later one.
+            self.quota_gate(
+                {lc.source_system}
+                | ({lc.target_system} if migrating or lc.reads_target else set()),
+                start=True,
+            )
+        except QuotaWait as exc:
+            report.status, report.error = "waiting", exc.user_message
+            return report
         run_id = self.state.start_run(name, report.kind)
         try:
             if migrating:
@@ -250,12 +317,16 @@ class Engine:
             self._capture(name, lc, src, Side.SOURCE, report, run_id)
             if lc.reads_target:
                 self._capture(name, lc, tgt, Side.TARGET, report, run_id)
+        except QuotaWait as exc:
+            report.status = "waiting"
+            report.error = exc.user_message
         except SystemUnavailable as exc:
             report.status = "paused"
             report.error = exc.user_message
         except Exception as exc:
             report.status = "error"
             report.error = f"{type(exc).__name__}: {exc}"
+        self.settle_quota()
         self.state.finish_run(run_id, report.status, report.summary(), report.error)
         return report
 
@@ -296,7 +367,10 @@ class Engine:
         done = 0
         batch = link.batch_size
         total = src.count(sobj)
+        systems = (link.config.source_system, link.config.target_system)
         while True:
+            if not dry_run:
+                self.quota_gate(systems)  # the position so far is committed: resumable
             page = src.scan(sobj, after, batch)
             if not page:
                 break
@@ -363,6 +437,9 @@ class Engine:
             saved = self.state.get_cursor(c, name, side.value, "incremental")
         cursor = saved.get("cursor") if saved else None
         captured = 0
+        # One budget check per capture, not per page: a capture stopped half-way
+        # would re-read its lookback overlap on every resume and could never finish.
+        self.quota_gate((lc.source_system if side is Side.SOURCE else lc.target_system,))
         while True:
             page = conn.read_changes(obj, cursor, lc.batch_size, lookback)
             lookback = 0.0  # only the first page reaches back
@@ -431,7 +508,11 @@ class Engine:
         with self.state.begin() as c:
             self.state.recover_running(c, link.name, owner_gone=local_owner_gone)
         done = 0
-        while n := self.drain_batch(link, applier, report, max_samples):
+        systems = (link.config.source_system, link.config.target_system)
+        while True:
+            self.quota_gate(systems)  # messages not claimed yet stay queued
+            if not (n := self.drain_batch(link, applier, report, max_samples)):
+                break
             done += n
             self.progress(link.name, "apply", done, None)
 

@@ -40,6 +40,9 @@ class ServiceContext:
     def __post_init__(self) -> None:
         if self.quota is None:
             self.quota = QuotaGuard(self.config, self.state, self.clock)
+        # One guard, one clock: the engine counts every call against it. Its
+        # threads never sleep on a rate: the worker and scheduler look again later.
+        self.engine.use_quota(self.quota, wait_rate=False)
 
     @classmethod
     def open(

@@ -82,14 +82,12 @@ class Worker:
                 continue
             lc = self.ctx.config.links[name]
             systems = (lc.source_system, lc.target_system)
-            guard = self.ctx.quota
-            if guard is not None and (spent := guard.exhausted(systems)):
+            # Counts this thread's calls so far, then asks the shared budget.
+            if (spent := engine.meter.blocked(systems)) is not None:
                 # The budget is spent: messages stay queued for the next window.
-                self.quota_waiting[name] = spent
+                self.quota_waiting[name] = spent.system
                 continue
             self.quota_waiting.pop(name, None)
-            conns = self.ctx.connectors
-            before = {s: conns[s].thread_calls() for s in systems}
             try:
                 applier = self.appliers.get(name)
                 if applier is None:
@@ -110,9 +108,7 @@ class Worker:
                 log.exception("batch failed", extra={"action": "batch_failed", "link": name})
                 continue
             finally:
-                if guard is not None:
-                    for sys_name in set(systems):
-                        guard.spend(sys_name, conns[sys_name].thread_calls() - before[sys_name])
+                engine.settle_quota()  # every call of the batch, failed or not
             if pause is not None:
                 if n == 0:
                     # Nothing was due, so nothing reached the system: no proof it

@@ -23,9 +23,11 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from crmsync.errors import SettingError, StateError, StateUnavailable, refused_connect
+from crmsync.model import REQUEST_ACTIONS
 from crmsync.state import schema as S
 
 _JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str)
+
 
 
 def dumps(v: Any) -> str:
@@ -1179,6 +1181,46 @@ class StateStore:
             ins.on_conflict_do_nothing(index_elements=["record_ref"]),
             [{"record_ref": r, "erased_at": now, "erased_by": by} for r in refs],
         )
+
+    def record_known(
+        self, c: sa.Connection, ref: str, sides: Sequence[tuple[str, str]]
+    ) -> bool:
+        """Whether crmsync's state holds anything about ``ref`` (``system.object:id``):
+        a pairing, an erasure, trigger memory, a message that was tried, or an outcome
+        other than a sync request's trace. ``sides`` are the ``(link, side)`` the
+        record's object takes part in. Erasure asks this before it marks anything."""
+        rid = ref.split(":", 1)[1]
+        e, i, m, o, t = S.erased, S.identities, S.messages, S.outcomes, S.trigger_seen
+        if not self._erased_table_missing(c) and c.execute(
+            sa.select(e.c.record_ref).where(e.c.record_ref == ref).limit(1)
+        ).first():
+            return True
+        for link, side in sides:
+            col = i.c.source_id if side == "source" else i.c.target_id
+            if c.execute(sa.select(i.c.link).where(i.c.link == link, col == rid).limit(1)).first():
+                return True
+            # A message that was tried may quote values (its error); one only queued,
+            # never read, says nothing about the record.
+            tried = sa.or_(m.c.attempts > 0, m.c.last_error.is_not(None))
+            if c.execute(
+                sa.select(m.c.id).where(
+                    m.c.link == link, m.c.side == side, m.c.record_id == rid, tried
+                ).limit(1)
+            ).first():
+                return True
+            if side == "source" and c.execute(
+                sa.select(t.c.link).where(t.c.link == link, t.c.source_id == rid).limit(1)
+            ).first():
+                return True
+        # Sync requests leave "queued"/"skipped"/"not found" traces naming the id
+        # whether or not it exists: those do not make a record known.
+        traces = sa.or_(
+            o.c.action.not_in(REQUEST_ACTIONS), o.c.run_id.is_not(None)
+        )
+        q = sa.select(o.c.id).where(
+            sa.or_(o.c.source_ref == ref, o.c.target_ref == ref), traces
+        ).limit(1)
+        return c.execute(q).first() is not None
 
     def erased_rows(self, c: sa.Connection, refs: Sequence[str]) -> list[dict[str, Any]]:
         e = S.erased
