@@ -11,6 +11,7 @@ import hashlib
 import json
 import operator
 import threading
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,6 +29,10 @@ from crmsync.state import schema as S
 
 _JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str)
 
+
+
+# Advisory lock key held while the state schema is created or upgraded (PostgreSQL).
+_MIGRATE_LOCK = zlib.crc32(b"crmsync-state-migrate")
 
 
 def dumps(v: Any) -> str:
@@ -167,7 +172,17 @@ class StateStore:
         """Bring the schema to the current version; returns the version."""
         if self.readonly:
             return self.version()
+        if self.version() == S.SCHEMA_VERSION:
+            return S.SCHEMA_VERSION  # the common case: no write lock taken
         with self.engine.begin() as c:
+            # Two processes starting on a new state database (serve and a worker,
+            # parallel CLI calls) must not both create the schema: the first takes
+            # the write lock, the second waits and then finds the version current.
+            if self.dialect == "sqlite":
+                # pysqlite runs DDL outside a transaction unless one is begun by hand.
+                c.exec_driver_sql("BEGIN IMMEDIATE")
+            elif self.dialect == "postgresql":
+                c.execute(sa.select(sa.func.pg_advisory_xact_lock(_MIGRATE_LOCK)))
             have = self._version(c)
             if have > S.SCHEMA_VERSION:
                 raise StateError(
