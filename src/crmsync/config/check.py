@@ -180,6 +180,7 @@ class _Checker:
                 fs = self.field(dst, fname, dst_name, path)
                 if fs is not None:
                     self.check_value(path, fs, value, fname)
+        self.check_capture(lpath, link)
         if link.conflict == ConflictPolicy.NEWEST and link.reads_target:
             for side, (sname, oname) in (
                 ("source", (link.source_system, link.source_object)),
@@ -192,6 +193,23 @@ class _Checker:
                         f"{lpath}.conflict",
                         f"conflict: newest needs updated_at on the {side} object {sname}.{oname}",
                     )
+
+    def check_capture(self, lpath: str, link: LinkConfig) -> None:
+        """Every sync captures the sides a link reads by their `updated_at`: an SQL
+        object without one would fail every run after the migration."""
+        sides = [("source", link.source_system, link.source_object)]
+        if link.reads_target:
+            sides.append(("target", link.target_system, link.target_object))
+        for side, sname, oname in sides:
+            scfg = self.config.systems[sname]
+            obj = scfg.objects.get(oname)
+            if scfg.connector != "sql" or obj is None or getattr(obj, "updated_at", "") is not None:
+                continue
+            self.add(
+                join_path(join_path(join_path("systems", sname), "objects"), oname),
+                f"{lpath} captures the changes of its {side} {sname}.{oname}: give the "
+                "object `updated_at: COLUMN`, a column stamped on every change",
+            )
 
     def check_creates(
         self, lpath: str, link: LinkConfig, dst: ObjectSpec, dst_name: str
