@@ -247,10 +247,11 @@ def erase(
     Objects with `anonymize: {field: replacement}` get those values written; crmsync's
     own state keeps no personal value; the records are never synced again.
     Running it again is harmless. Exit 2 when the record exists nowhere (nothing is
-    marked), 3 when a system is unreachable.
+    marked) or no linked object declares a usable `anonymize:`, 3 when a system is
+    unreachable.
     """
     from crmsync.connectors import build_connectors
-    from crmsync.engine.erase import EraseError, RecordNotFound, refuse_missing
+    from crmsync.engine.erase import EraseError, EraseRefused, RecordNotFound, refuse_missing
     from crmsync.engine.erase import erase as run_erase
     from crmsync.engine.graph import UnknownRecordType, linked_records
     from crmsync.model import RecordRef
@@ -283,7 +284,9 @@ def erase(
                 if not typer.confirm("erase them?", default=False, err=True):
                     raise _fail("nothing was erased", 1)
             report = run_erase(cfg, state, connectors, ref, by)
-        except RecordNotFound as exc:
+        except (RecordNotFound, EraseRefused) as exc:
+            # An id that exists nowhere, or a config that allows no erasure (no or a bad
+            # `anonymize:`): bad input, nothing changed.
             raise _fail(str(exc), 2) from None
         except EraseError as exc:
             raise _fail(str(exc), 3 if exc.unavailable else 1) from None

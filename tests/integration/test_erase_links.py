@@ -500,4 +500,4 @@ def test_nothing_to_anonymize_changes_nothing(world: World, tmp_path: Path) -> N
             c.close()
     assert w.crm_by_erp()["P1"]["email"] == ZELDA["email"]
     r = w.cli("erase", "erp.person:P1", "--yes")
-    assert r.exit_code == 1 and "nothing to erase" in r.output
+    assert r.exit_code == 2 and "nothing to erase" in r.output

@@ -161,9 +161,9 @@ def test_refused_on_every_system_database(
                 contract_status="active", changed_at=now()))
         sc.sync()
         assert sc.crm_rows()["C07777"]["name"] == "Born Later"
-        # an existing record is not "missing": the old answer (no anonymize:) stands
+        # an existing record is not "missing": no anonymize: is a config problem (exit 2)
         r = CliRunner().invoke(app, ["erase", "erp.customer:C00001", "--yes",
                                      "-c", str(sc.config_path)])
-        assert r.exit_code == 1 and "nothing to erase" in r.output, r.output
+        assert r.exit_code == 2 and "nothing to erase" in r.output, r.output
     finally:
         sc.close()
