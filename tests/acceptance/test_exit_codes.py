@@ -57,7 +57,7 @@ def work(tmp_path: Path) -> Path:
         )
     with sqlite3.connect(tmp_path / "crm.db") as c:
         c.execute("CREATE TABLE company (id INTEGER PRIMARY KEY, org_number TEXT, "
-                  "name TEXT UNIQUE, updated_at DATETIME)")
+                  "name TEXT NOT NULL UNIQUE, updated_at DATETIME)")  # C3 cannot go in
     (tmp_path / "crmsync.yaml").write_text(CONFIG)
     return tmp_path
 
