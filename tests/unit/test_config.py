@@ -371,6 +371,11 @@ def test_check_value_map_needs_scalar_fields_and_newest_needs_updated_at() -> No
     )
     problems = check(text, company=company)
     assert problems == [
+        (  # a two-way link captures its target too
+            "c.yaml:16 systems.crm.objects.company",
+            "links.customers captures the changes of its target crm.company: give the object "
+            "`updated_at: COLUMN`, a column stamped on every change",
+        ),
         (
             "c.yaml:22 links.customers.conflict",
             "conflict: newest needs updated_at on the target object crm.company",
