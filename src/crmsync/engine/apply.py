@@ -310,14 +310,12 @@ class Applier:
 
         decided: list[_Pending] = []
         for sid, ident in waiting.items():
-            out = Outcome(
-                name,
-                sid,
-                ident.target_id if ident is not None else None,
-                Action.WAITING,
-                message="not synced: its trigger condition did not become true now",
+            decided.append(
+                _not_synced(
+                    name, sid, ident, Action.WAITING,
+                    "not synced: its trigger condition did not become true now",
+                )
             )
-            decided.append(_Pending(sid, None, out, None, None, None, save_identity=False))
         creates: list[dict[str, Any]] = []
         t_updates: list[tuple[str, dict[str, Any]]] = []
         t_deletes: list[str] = []
@@ -329,14 +327,12 @@ class Applier:
                 self._decide_delete(sid, ident, rec, decided, t_updates, t_deletes)
                 continue
             if not link.accepts(rec.values):
-                out = Outcome(
-                    name,
-                    sid,
-                    ident.target_id if ident is not None else None,
-                    Action.FILTERED,
-                    message="not synced: does not pass the link's filter",
+                decided.append(
+                    _not_synced(
+                        name, sid, ident, Action.FILTERED,
+                        "not synced: does not pass the link's filter",
+                    )
                 )
-                decided.append(_Pending(sid, None, out, None, None, None, save_identity=False))
                 continue
             if ident is None:
                 tid = matched.get(sid)
@@ -907,6 +903,16 @@ class Applier:
             "message": out.message,
             "at": now,
         }
+
+
+def _not_synced(
+    link: str, sid: str, ident: Identity | None, action: Action, why: str
+) -> _Pending:
+    """A record left alone this pass (filtered, waiting): logged with the reason, its
+    pair and state untouched."""
+    tid = ident.target_id if ident is not None else None
+    out = Outcome(link, sid, tid, action, message=why)
+    return _Pending(sid, None, out, None, None, None, save_identity=False)
 
 
 def _newer(a: Any, b: Any) -> bool | None:
