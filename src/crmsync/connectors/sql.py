@@ -188,6 +188,10 @@ def _required(c: sa.Column[Any]) -> bool:
     )
 
 
+# Rows with a stamp after every time that one cursor remembers as reported.
+_HELD_MAX = 1000
+
+
 def _first_line(exc: BaseException) -> str:
     orig = getattr(exc, "orig", None) or exc
     text = str(orig).strip().splitlines()
@@ -216,6 +220,10 @@ class _Obj:
     # Rows whose updated_at the database orders like a time (None: all of them);
     # the others never become a cursor (see read_changes).
     ts_valid: sa.ColumnElement[bool] | None = None
+    # Rows whose updated_at sorts after every time (SQLite text such as 'not a date',
+    # PostgreSQL 'infinity'), and that stamp as text: reported by read_changes.
+    ts_after: sa.ColumnElement[bool] | None = None
+    ts_text: sa.ColumnElement[Any] | None = None
     # SQLite: 'T' when the table's timestamps use the ISO 'T' separator.
     ts_sep: str = " "
     # Result types of the select list, and (index, processor) once known.
@@ -486,6 +494,8 @@ class SqlConnector(Connector):
         raw_idx = None
         ts_expr: sa.ColumnElement[Any] | None = ts_col
         ts_valid: sa.ColumnElement[bool] | None = None
+        ts_after: sa.ColumnElement[bool] | None = None
+        ts_text: sa.ColumnElement[Any] | None = None
         ts_sep = " "
         if (
             ts_col is not None
@@ -498,6 +508,8 @@ class SqlConnector(Connector):
                 ts_col >= sa.cast(sa.literal("0001-01-01"), ts_col.type),
                 ts_col < sa.cast(sa.literal("10000-01-01"), ts_col.type),
             )
+            ts_after = ts_col >= sa.cast(sa.literal("10000-01-01"), ts_col.type)
+            ts_text = sa.cast(ts_col, sa.Text())
         if (
             ts_col is not None
             and self._dialect == "sqlite"
@@ -516,6 +528,8 @@ class SqlConnector(Connector):
                 sa.func.typeof(ts_expr) == "text",
                 sa.func.datetime(ts_expr).is_not(None),
             )
+            # Text sorts after numbers: from a text cursor on, only text is found.
+            ts_after, ts_text = sa.not_(ts_valid), ts_expr
             ts_sep = self._sqlite_ts_sep(table, ts_expr, ts_valid)
             if ts_sep == "T" and isinstance(ts_col.type, sa.DateTime):
                 # Stamp in the table's own format so text order stays time order.
@@ -544,6 +558,8 @@ class SqlConnector(Connector):
             plain_select=sa.select(*sel[: len(cols)]),
             ts_expr=ts_expr,
             ts_valid=ts_valid,
+            ts_after=ts_after,
+            ts_text=ts_text,
             ts_sep=ts_sep,
             sel_types=[e.type for e in sel],
             bind_kinds=self._bind_kinds(cols),
@@ -752,7 +768,11 @@ class SqlConnector(Connector):
             )
         rows = self._fetch(o, stmt, params)
         if not rows:
-            return ChangePage([], cursor, more=False)
+            unreadable: dict[str, str] = {}
+            return ChangePage(
+                [], self._hold_after_time(o, cursor, cursor, unreadable), more=False,
+                unreadable=unreadable,
+            )
         records = self._records(o, rows)
         key = records[-1].values[o.key_col.name]
         new_cursor: Cursor = {
@@ -762,7 +782,9 @@ class SqlConnector(Connector):
             # JSON keeps ints as ints; other keys travel as text.
             "key": key if o.key_is_int else str(key),
         }
-        unreadable: dict[str, str] = {}
+        if cursor and cursor.get("held"):
+            new_cursor["held"] = cursor["held"]  # until the last page looks again
+        unreadable = {}
         for row, r in zip(rows, records, strict=True):
             why = self._unreadable_stamp(o, r.version)
             if why is not None:
@@ -774,7 +796,50 @@ class SqlConnector(Connector):
         if unreadable:
             records = [r for r in records if r.id not in unreadable]
         unreadable = {k: v for k, v in unreadable.items() if v}
-        return ChangePage(records, new_cursor, more=len(rows) >= limit, unreadable=unreadable)
+        more = len(rows) >= limit
+        if not more:
+            new_cursor = self._hold_after_time(o, new_cursor, cursor, unreadable)
+        return ChangePage(records, new_cursor, more=more, unreadable=unreadable)
+
+    def _hold_after_time(
+        self, o: _Obj, pos: Cursor | None, before: Cursor | None, unreadable: dict[str, str]
+    ) -> Cursor | None:
+        """Report rows whose updated_at sorts after every time ('not a date' on SQLite,
+        'infinity' on PostgreSQL): never a cursor, so without this their changes would
+        vanish unseen. Each is reported once per stamp value: the cursor holds what was
+        reported (``held``, at most ``_HELD_MAX`` rows), and a row fixed since drops out.
+
+        Found from the cursor's position on (they sort after it), so the index on
+        updated_at serves the query and a poll still costs what changed.
+        """
+        if o.ts_after is None or o.ts_text is None or pos is None or pos.get("ts") is None:
+            return pos
+        ts_expr, after, text, key_col = o.ts_expr, o.ts_after, o.ts_text, o.key_col
+        assert ts_expr is not None
+        stmt = self._stmt(
+            o,
+            "after_time",
+            lambda: sa.select(key_col, text)
+            .where(after, ts_expr >= sa.bindparam("ts"))
+            .order_by(ts_expr, key_col)
+            .limit(_HELD_MAX),
+        )
+        with self._guard(), self._engine.connect() as conn:
+            rows = conn.execute(stmt, {"ts": self._bind_ts(o, str(pos["ts"]), 0.0)}).all()
+        held = {str(k): str(v) for k, v in rows}
+        seen = (before or {}).get("held") or {}
+        assert o.ts_col is not None
+        for rid, raw in held.items():
+            if seen.get(rid) != raw:
+                unreadable[rid] = (
+                    f"updated_at column {o.ts_col.name!r} holds {raw[:60]!r}, not a time: "
+                    "it sorts after every time, so changes of this row are not captured; "
+                    "fix the value (a full sync reads the row anyway)"
+                )
+        out = {k: v for k, v in pos.items() if k != "held"}
+        if held:
+            out["held"] = held
+        return out
 
     def _after(self, o: _Obj, row: Any, rec: Record, cursor: Cursor) -> bool:
         """Whether a row's position comes after ``cursor`` (as the query orders them).

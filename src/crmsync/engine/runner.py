@@ -451,19 +451,25 @@ class Engine:
             fresh = [(r.id, "upsert", None if r.version is None else str(r.version)) for r in recs]
             if page.check_known:
                 fresh += [(rid, "upsert", None) for rid in self._gone(name, side, conn, obj)]
+            unreadable = page.unreadable
+            if unreadable and side is Side.SOURCE and report.tally.scanned:
+                # This run's migration scan has just logged these records: once per run.
+                prefix = f"{lc.source_system}.{lc.source_object}:"
+                met = report.tally.met(self.state, prefix, list(unreadable))
+                unreadable = {k: v for k, v in unreadable.items() if k not in met}
             with self.state.begin() as c:
                 self.state.enqueue(c, name, side.value, fresh)
-                if page.unreadable:
+                if unreadable:
                     # Reported in the same transaction as the cursor that passes them.
                     self.state.add_outcomes(
-                        c, self._unreadable_rows(name, lc, side, page.unreadable, run_id)
+                        c, self._unreadable_rows(name, lc, side, unreadable, run_id)
                     )
                 if page.cursor is not None:
                     self.state.set_cursor(
                         c, name, side.value, "incremental", {"cursor": page.cursor}
                     )
             captured += len(fresh)
-            report.counts["skipped"] += len(page.unreadable)
+            report.counts["skipped"] += len(unreadable)
             cursor = page.cursor if page.cursor is not None else cursor
             if not page.more:
                 break
