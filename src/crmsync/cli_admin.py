@@ -26,11 +26,17 @@ CLI_ACTOR = "cli"
 
 
 @contextmanager
-def _state(path: Path) -> Iterator[tuple[Config, StateStore]]:
+def _state(
+    path: Path, *, link: str | None = None, readonly: bool = False
+) -> Iterator[tuple[Config, StateStore]]:
+    """The config and its state database. An unknown ``link`` is refused first (exit 2),
+    so a mistyped command never creates a state file; ``readonly`` creates none at all."""
     from crmsync.cli import _load
 
     config = _load(path)  # a broken file: its problems, exit 2
-    state = StateStore(config.state)
+    if link is not None and link not in config.links:
+        raise _fail(f"no link named {link!r} (links: {', '.join(config.links)})", 2)
+    state = StateStore(config.state, readonly=readonly)
     try:
         state.migrate()
         yield config, state
@@ -107,9 +113,7 @@ def retry(
     message_id: Annotated[int | None, typer.Option("--id", help="only this message")] = None,
 ) -> None:
     """Put failed messages back in the queue with their attempts reset."""
-    with _state(config) as (cfg, state):
-        if link is not None and link not in cfg.links:
-            raise _fail(f"no link named {link!r} (links: {', '.join(cfg.links)})", 2)
+    with _state(config, link=link) as (_, state):
         now = utcnow()
         with state.begin() as c:
             if message_id is not None:
@@ -160,9 +164,8 @@ def status(
     link: Annotated[str | None, typer.Option("--link", help="only this link")] = None,
 ) -> None:
     """Links, queue depth, oldest waiting message, last run; systems and quotas."""
-    with _state(config) as (cfg, state):
-        if link is not None and link not in cfg.links:
-            raise _fail(f"no link named {link!r} (links: {', '.join(cfg.links)})", 2)
+    # Read-only: looking never creates a state database (a mistyped `state:` path).
+    with _state(config, link=link, readonly=True) as (cfg, state):
         states = state.link_states()
         with state.connect() as c:
             counts = state.queue_counts_by_link(c)

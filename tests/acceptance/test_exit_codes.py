@@ -100,6 +100,10 @@ def test_unknown_link_or_status_exits_2_listing_the_valid_values(work: Path) -> 
     for args in (("status", "--link", "nolink"), ("retry", "--link", "nolink")):
         r = cli(work, *args)
         assert r.returncode == 2 and "no link named 'nolink'" in r.stderr, args
+    assert not (work / "state.db").exists()  # not even status/retry's refusals
+    r = cli(work, "status")  # looking creates no state database either
+    assert r.returncode == 0 and "customers" in r.stdout, r.stdout + r.stderr
+    assert not (work / "state.db").exists()
 
 
 def test_open_of_a_record_that_does_not_exist_exits_2(work: Path) -> None:
