@@ -26,7 +26,7 @@ Cursor contract (incremental reads), written down because capture relies on it:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -135,8 +135,14 @@ class Connector(ABC):
         creates: Sequence[Mapping[str, Any]] = (),
         updates: Sequence[tuple[str, Mapping[str, Any]]] = (),
         deletes: Sequence[str] = (),
+        *,
+        keep: Collection[str] = (),
     ) -> WriteResult:
         """Create, update and hard-delete in batches, with per-item results.
+
+        A connector that writes a refused row without its refused fields (listed
+        in ``refused``) never drops a field of ``keep`` from a create (the link's
+        match keys, which make a retried create find its record): that create fails.
 
         Raises ``SystemUnavailable`` when the system cannot be reached (nothing
         is assumed written then).

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -957,6 +957,8 @@ class SqlConnector(Connector):
         creates: Sequence[Mapping[str, Any]] = (),
         updates: Sequence[tuple[str, Mapping[str, Any]]] = (),
         deletes: Sequence[str] = (),
+        *,
+        keep: Collection[str] = (),
     ) -> WriteResult:
         o = self._obj(obj)
         result = WriteResult(created=[None] * len(creates))
@@ -993,11 +995,14 @@ class SqlConnector(Connector):
                     except sa.exc.StatementError as exc:
                         if self._is_unavailable(exc):
                             raise
-                        self._salvage(o, u, i, _first_line(exc), result)
+                        self._salvage(o, u, i, _first_line(exc), result, keep)
         return result
 
     # -- a row the database refused: find the field(s), write the rest ----
-    def _salvage(self, o: _Obj, u: _Unit, i: int, reason: str, result: WriteResult) -> None:
+    def _salvage(
+        self, o: _Obj, u: _Unit, i: int, reason: str, result: WriteResult,
+        keep: Collection[str] = (),
+    ) -> None:
         """Probe each field of a refused row alone (rolled back), then write the row
         without the refused ones. The row fails only when nothing it needs fits."""
         tag = u.tags[i]
@@ -1011,7 +1016,8 @@ class SqlConnector(Connector):
             needed = {n for n in values if n in (ts, o.key_col.name)}
         else:
             values = dict(u.get_params()[i])
-            needed = {n for n in values if n == ts or self._required(o, n)}
+            # A match key stays: without it a retried create would not find its row.
+            needed = {n for n in values if n == ts or n in keep or self._required(o, n)}
         base = {n: v for n, v in values.items() if n in needed}
         if u.kind != "update" and self._probe(o, u, i, base) is not None:
             result.errors[tag] = reason  # not even the columns it cannot do without

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -545,6 +545,8 @@ class TrytonConnector(Connector):
         creates: Sequence[Mapping[str, Any]] = (),
         updates: Sequence[tuple[str, Mapping[str, Any]]] = (),
         deletes: Sequence[str] = (),
+        *,
+        keep: Collection[str] = (),
     ) -> WriteResult:
         o = self._obj(obj)
         res = WriteResult(created=[None] * len(creates))

@@ -23,7 +23,7 @@ whole records: an ignored older push cannot contribute its fields).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -287,6 +287,8 @@ class WebhookConnector(Connector):
         creates: Sequence[Mapping[str, Any]] = (),
         updates: Sequence[tuple[str, Mapping[str, Any]]] = (),
         deletes: Sequence[str] = (),
+        *,
+        keep: Collection[str] = (),
     ) -> WriteResult:
         """Every item fails, visibly and per record: a push-only system cannot be written to."""
         reason = f"system {self.name} is push-only: crmsync cannot write to it"

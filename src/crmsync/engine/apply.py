@@ -456,7 +456,10 @@ class Applier:
             created = [None] * len(creates)
         else:
             if creates or t_updates or t_deletes:
-                wr = self.target.write(self.tobj, creates, t_updates, t_deletes)
+                wr = self.target.write(
+                    self.tobj, creates, t_updates, t_deletes,
+                    keep=[mp.target for mp in self.link.matches],
+                )
                 created, t_errors, t_refused = wr.created, wr.errors, wr.refused
             if s_updates:
                 ws = self.source.write(self.sobj, (), s_updates, ())
