@@ -133,6 +133,16 @@ def _left_detail(state_url: str) -> list[tuple[object, ...]]:
         e.dispose()
 
 
+def _log_tails(folder: Path, lines: int = 5) -> str:
+    """The last lines each worker wrote to stderr (for a failure message)."""
+    out = []
+    for f in sorted(folder.iterdir()):
+        tail = f.read_text(errors="replace").splitlines()[-lines:]
+        if tail:
+            out.append(f"{f.name}: " + " | ".join(tail))
+    return "; ".join(out) or "no worker wrote to stderr"
+
+
 def _run(
     tmp: Path, workers: int, kills: int, latency: float = 0.02
 ) -> tuple[float, int, int]:
@@ -151,13 +161,17 @@ def _run(
         env = {**os.environ}
         cmd = [sys.executable, "-m", "crmsync", "worker", "-c", str(cfg)]
         procs: list[subprocess.Popen[bytes]] = []
+        logs = tmp / f"workers-{workers}"
+        logs.mkdir(parents=True, exist_ok=True)
+
+        def start() -> subprocess.Popen[bytes]:
+            # Each worker's stderr in a file: if the queue does not drain, say why.
+            with open(logs / f"{len(list(logs.iterdir()))}.log", "wb") as f:
+                return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=f)
+
         try:
             captured = _capture(cfg)  # the migration: creates all 2,000
-            procs = [
-                subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.DEVNULL)
-                for _ in range(workers)
-            ]
+            procs = [start() for _ in range(workers)]
             rng = random.Random(3)
             done_kills = 0
             t_start = time.monotonic()
@@ -171,14 +185,15 @@ def _run(
                     procs[i].send_signal(signal.SIGKILL)
                     procs[i].wait(timeout=30)
                     done_kills += 1
-                    procs[i] = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
-                                                stderr=subprocess.DEVNULL)
+                    procs[i] = start()
             deadline = time.monotonic() + 240
             while _queue_left(state_url) and time.monotonic() < deadline:
                 time.sleep(0.1)
             elapsed = time.monotonic() - t_start
             assert _queue_left(state_url) == 0, (
-                f"the workers did not drain the queue: {_left_detail(state_url)}"
+                f"the workers did not drain the queue: {_left_detail(state_url)}; "
+                f"workers alive: {[p.poll() is None for p in procs]}; "
+                + _log_tails(logs)
             )
         finally:
             for p in procs:
