@@ -7,12 +7,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-
-from crmsync.config.check import check_config
-from crmsync.config.loader import load_config_text
-from crmsync.connectors import build_connectors
-from crmsync.engine.runner import Engine
-from crmsync.state.store import StateStore
+from configrun import check_text, engine_of
 
 md = sa.MetaData()
 for name in ("src", "dst"):
@@ -63,18 +58,6 @@ def _text(url: str, tmp_path: Path, src_ts: str, dst_ts: str, direction: str) ->
                          dst_ts=dst_ts, direction=direction)
 
 
-def _check(text: str) -> list[tuple[str, str]]:
-    config, smap = load_config_text(text, "c.yaml")
-    state = StateStore(config.state, readonly=True)
-    conns = build_connectors(config, state)
-    try:
-        return check_config(config, conns, "c.yaml", smap.locate)
-    finally:
-        for c in conns.values():
-            c.close()
-        state.close()
-
-
 @pytest.mark.parametrize(
     ("src_ts", "dst_ts", "direction", "where"),
     [
@@ -89,22 +72,13 @@ def _check(text: str) -> list[tuple[str, str]]:
 def test_a_captured_sql_object_needs_updated_at(
     url: str, tmp_path: Path, src_ts: str, dst_ts: str, direction: str, where: list[str]
 ) -> None:
-    problems = _check(_text(url, tmp_path, src_ts, dst_ts, direction))
+    problems = check_text(_text(url, tmp_path, src_ts, dst_ts, direction))
     assert [loc for loc, _ in problems] == where, problems
     for _, msg in problems:
         assert "links.items captures the changes" in msg and "updated_at: COLUMN" in msg
 
 
 def test_without_the_check_every_sync_after_the_migration_fails(url: str, tmp_path: Path) -> None:
-    config, _ = load_config_text(_text(url, tmp_path, "", TS, "forward"), "c.yaml")
-    state = StateStore(config.state)
-    state.migrate()
-    conns = build_connectors(config, state)
-    try:
-        engine = Engine(config, state, conns)
+    with engine_of(_text(url, tmp_path, "", TS, "forward")) as engine:
         with pytest.raises(Exception, match="no updated_at"):
             engine.sync()
-    finally:
-        for c in conns.values():
-            c.close()
-        state.close()

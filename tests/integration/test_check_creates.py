@@ -8,12 +8,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-
-from crmsync.config.check import check_config
-from crmsync.config.loader import load_config_text
-from crmsync.connectors import build_connectors
-from crmsync.engine.runner import Engine
-from crmsync.state.store import StateStore
+from configrun import check_text, engine_of
 
 md = sa.MetaData()
 src = sa.Table(
@@ -61,15 +56,7 @@ links:
 def _check(url: str, tmp_path: Path, create: str = "", extra: str = "") -> list[tuple[str, str]]:
     text = CONFIG.format(state=f"sqlite:///{tmp_path / 'state.db'}", url=url, create=create,
                          extra=extra)
-    config, smap = load_config_text(text, "c.yaml")
-    state = StateStore(config.state, readonly=True)
-    conns = build_connectors(config, state)
-    try:
-        return check_config(config, conns, "c.yaml", smap.locate)
-    finally:
-        for c in conns.values():
-            c.close()
-        state.close()
+    return check_text(text)
 
 
 @pytest.fixture
@@ -110,14 +97,6 @@ def test_the_problem_points_at_create_and_goes_with_a_mapping(url: str, tmp_path
 def test_sync_proves_it_every_create_fails(url: str, tmp_path: Path) -> None:
     text = CONFIG.format(state=f"sqlite:///{tmp_path / 'state.db'}", url=url, create="",
                          extra="")
-    config, _ = load_config_text(text, "c.yaml")
-    state = StateStore(config.state)
-    state.migrate()
-    conns = build_connectors(config, state)
-    try:
-        (report,) = Engine(config, state, conns).sync()
-    finally:
-        for c in conns.values():
-            c.close()
-        state.close()
+    with engine_of(text) as engine:
+        (report,) = engine.sync()
     assert report.summary()["failed"] >= 1 and report.summary()["created"] == 0

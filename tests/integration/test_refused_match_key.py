@@ -10,11 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import sqlalchemy as sa
-
-from crmsync.config.loader import load_config_text
-from crmsync.connectors import build_connectors
-from crmsync.engine.runner import Engine
-from crmsync.state.store import StateStore
+from configrun import engine_of
 
 md = sa.MetaData()
 src = sa.Table(
@@ -69,17 +65,9 @@ def test_a_refused_match_key_fails_the_create_other_fields_do_not(
             {"id": "S2", "code": "K2", "note": "far too long"},  # the note is refused
             {"id": "S3", "code": "KEY-TOO-LONG", "note": "fine"},  # the match key is refused
         ])
-    config, _ = load_config_text(CONFIG.format(state=tmp_path / "s.db", url=db_url), "c.yaml")
-    state = StateStore(config.state)
-    state.migrate()
-    conns = build_connectors(config, state)
-    try:
-        (r,) = Engine(config, state, conns).sync()
-        logged = {o["source_ref"]: o for o in state.outcomes(link="items", limit=50)}
-    finally:
-        for conn in conns.values():
-            conn.close()
-        state.close()
+    with engine_of(CONFIG.format(state=tmp_path / "s.db", url=db_url)) as engine:
+        (r,) = engine.sync()
+        logged = {o["source_ref"]: o for o in engine.state.outcomes(link="items", limit=50)}
     with eng.connect() as c:
         rows = {row.ref: row.note for row in c.execute(sa.select(dst.c.ref, dst.c.note))}
     eng.dispose()
