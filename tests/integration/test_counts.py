@@ -22,6 +22,7 @@ import sqlalchemy as sa
 
 from crmsync.config.loader import load_config
 from crmsync.connectors import build_connectors
+from crmsync.engine.retry import RetryPolicy
 from crmsync.engine.runner import SUMMARY_KEYS, Engine, LinkReport
 from crmsync.state.store import StateStore
 
@@ -112,13 +113,13 @@ class Setup:
         with self.eng.connect() as c:
             return {r.k: dict(r._mapping) for r in c.execute(self.company.select())}
 
-    def sync(self) -> tuple[LinkReport, int]:
+    def sync(self, retry: RetryPolicy | None = None) -> tuple[LinkReport, int]:
         config = load_config(self.d / "crmsync.yaml")
         state = StateStore(config.state)
         state.migrate()
         conns = build_connectors(config, state)
         try:
-            (r,) = Engine(config, state, conns).sync()
+            (r,) = Engine(config, state, conns, retry=retry).sync()
             (run,) = state.runs(limit=1)
             assert r.status == "ok", r.error
             assert run["counts"] == r.summary()  # what the API shows is what was printed
@@ -230,3 +231,27 @@ def test_migration_counts_each_record_once_and_logs_it(setup: Setup) -> None:
     counts3 = check_counts_against_log(s, report3, run3)
     assert not (counts3["created"] or counts3["updated"] or counts3["deleted"]
                 or counts3["matched"])
+
+
+def test_a_failure_due_again_within_the_run_is_not_retried_in_it(setup: Setup) -> None:
+    """A back-off shorter than the run (here none at all, as a loaded machine makes a
+    short jittered one) must not let the drain meet a failed record again: it is
+    tried, counted and logged once per run, and its attempts say so."""
+    s = setup
+    at_once = RetryPolicy(initial=0.0, jitter=False)
+    report, run_id = s.sync(at_once)
+    counts = check_counts_against_log(s, report, run_id)
+    assert counts["failed"] == 2
+    assert [r["source_ref"] for r in s.log(run_id) if r["status"] == "failed"].count(
+        "erp.customer:N1") == 1
+    # a failure in the drain of an incremental run: the same
+    s.put("N1", name=None, email="again@erp.example")
+    report2, run2 = s.sync(at_once)
+    counts2 = check_counts_against_log(s, report2, run2)
+    assert counts2["failed"] >= 1
+    st = StateStore(f"sqlite:///{s.d}/state.db")
+    try:
+        msgs = {m["record_id"]: m for m in st.list_messages(link="customers")}
+    finally:
+        st.close()
+    assert msgs["N1"]["attempts"] == 2  # once per run, two runs

@@ -19,7 +19,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -92,6 +92,9 @@ class RunTally:
     run_id: int | None
     seen: set[str] = field(default_factory=set)
     scanned: bool = False  # a migration scan ran earlier in this run
+    # When the run began: a message that failed in it is not claimed again in it,
+    # however short its back-off (a record fails, is counted and logged once per run).
+    started: datetime | None = None
 
     def met(self, state: StateStore, prefix: str, rids: list[str]) -> set[str]:
         """The records of ``rids`` this run has counted already."""

@@ -213,6 +213,7 @@ class Engine:
         report = LinkReport(name, kind)
         run_id = None if dry_run else self.state.start_run(name, kind)
         report.tally.run_id = run_id
+        report.tally.started = utcnow()
         try:
             if not dry_run:
                 self.quota_gate((lc.source_system, lc.target_system), start=True)
@@ -529,7 +530,12 @@ class Engine:
         name = link.name
         with self.state.begin() as c:
             msgs = self.state.claim(
-                c, name, link.batch_size, worker=self.worker_id, lease_s=self.lease_s
+                c,
+                name,
+                link.batch_size,
+                worker=self.worker_id,
+                lease_s=self.lease_s,
+                retried_before=report.tally.started,
             )
         if not msgs:
             return 0

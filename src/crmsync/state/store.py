@@ -345,11 +345,14 @@ class StateStore:
         now: datetime | None = None,
         worker: str | None = None,
         lease_s: float = 60.0,
+        retried_before: datetime | None = None,
     ) -> list[Message]:
         """Take up to ``limit`` due messages of a link, oldest first, one per record.
 
         The claim is a lease: ``worker`` owns the messages until ``lease_s``
-        seconds from now; past that another worker may take them back.
+        seconds from now; past that another worker may take them back. With
+        ``retried_before``, a message that has failed before is taken only if it
+        came due by then (a run does not retry what failed within it).
         """
         now = now or utcnow()
         m = S.messages
@@ -370,6 +373,11 @@ class StateStore:
                 m.c.status == "pending",
                 m.c.available_at <= now,
                 ~running.exists(),
+                *(
+                    ()
+                    if retried_before is None
+                    else (sa.or_(m.c.attempts == 0, m.c.available_at <= retried_before),)
+                ),
             )
             .order_by(m.c.id)
             .limit(limit)
