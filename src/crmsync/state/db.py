@@ -34,6 +34,7 @@ _MIGRATE_LOCK = zlib.crc32(b"crmsync-state-migrate")
 
 
 def dumps(v: Any) -> str:
+    """Compact JSON as the state stores it (non-ASCII kept, other types as text)."""
     return _JSON.encode(v)
 
 

@@ -18,21 +18,17 @@ from __future__ import annotations
 from crmsync.state.admin import AdminMixin
 from crmsync.state.db import dumps, utcnow
 from crmsync.state.erasure import ErasureMixin
-from crmsync.state.log import OUTCOME_COLUMNS, LogMixin, expand_fields
-from crmsync.state.pairs import IDENTITY_COLUMNS, Identity, PairsMixin
-from crmsync.state.pushed import PUSHED_COLUMNS, PushedMixin
+from crmsync.state.log import LogMixin
+from crmsync.state.pairs import Identity, PairsMixin
+from crmsync.state.pushed import PushedMixin
 from crmsync.state.queue import UNREACHABLE, Message, QueueMixin
 
 __all__ = [
-    "IDENTITY_COLUMNS",
-    "OUTCOME_COLUMNS",
-    "PUSHED_COLUMNS",
     "UNREACHABLE",
     "Identity",
     "Message",
     "StateStore",
     "dumps",
-    "expand_fields",
     "utcnow",
 ]
 
