@@ -1,9 +1,11 @@
-"""The state schema is a tested artifact: upgrading a real version-1 database works."""
+"""The state schema is a tested artifact: upgrading a database of every earlier version works."""
 
 from __future__ import annotations
 
 import sqlite3
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -65,3 +67,199 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
             st.migrate()
     finally:
         st.close()
+
+
+# -- every earlier version -----------------------------------------------------------
+# Snapshots of a fresh database at each earlier version, frozen from that
+# version's schema.py by state_snapshots/snapshot.py. The state runs on SQLite
+# and PostgreSQL only (the store refuses MariaDB), so those are the two tested.
+
+SNAPSHOTS = Path(__file__).parent / "state_snapshots"
+EARLIER = range(1, S.SCHEMA_VERSION)
+T0 = datetime(2026, 1, 1, 0, 0, 0, 123456)
+T1 = T0 + timedelta(hours=1)
+_MSG = {"link": "l", "side": "source", "available_at": T0, "created_at": T0, "updated_at": T0}
+
+# What each version wrote, in the columns it had: every upgrade must keep it.
+SEED: dict[int, dict[sa.Table, list[dict[str, Any]]]] = {
+    1: {
+        S.cursors: [
+            {"link": "l", "side": "source", "kind": "incremental", "value": '{"at":"x"}',
+             "updated_at": T0},
+        ],
+        S.messages: [
+            {**_MSG, "record_id": "7", "op": "upsert", "version": "v7", "status": "pending",
+             "attempts": 0, "last_error": None},
+            {**_MSG, "record_id": "8", "op": "delete", "version": None, "status": "failed",
+             "attempts": 5, "last_error": "write refused: boom"},
+        ],
+        S.identities: [
+            {"link": "l", "source_id": "7", "target_id": "T7", "shadow": '{"name":"Ada"}',
+             "source_version": "v6", "target_version": "t6", "deleted": False, "updated_at": T0},
+            {"link": "l", "source_id": "9", "target_id": None, "shadow": "{}",
+             "source_version": None, "target_version": None, "deleted": True, "updated_at": T0},
+        ],
+        S.runs: [
+            {"link": "l", "kind": "sync", "status": "ok", "started_at": T0, "finished_at": T1,
+             "counts": '{"created":1}', "error": None},
+        ],
+        S.outcomes: [
+            {"run_id": 1, "link": "l", "source_ref": "crm.person:7", "target_ref": "erp.party:T7",
+             "action": "created", "status": "ok", "fields": '[{"field":"name","status":"updated"}]',
+             "message": None, "at": T0},
+        ],
+    },
+    2: {
+        S.messages: [
+            {**_MSG, "record_id": "10", "op": "upsert", "version": None, "status": "running",
+             "attempts": 1, "last_error": None, "claimed_by": "host:1", "lease_until": T0},
+        ],
+        S.tokens: [
+            {"name": "ops", "role": "admin", "token_hash": "h" * 64, "created_at": T0,
+             "revoked_at": None},
+        ],
+        S.audit: [
+            {"at": T0, "actor": "ops", "action": "link.disable", "target": "l",
+             "detail": '{"why":"x"}'},
+        ],
+        S.webhook_deliveries: [{"system": "hooks", "webhook_id": "d-1", "received_at": T0}],
+        S.pushed_records: [
+            {"system": "hooks", "object": "deal", "record_id": "D-1", "fields": '{"title":"Big"}',
+             "deleted": False, "seq": 1, "updated_at": T0},
+        ],
+        S.link_state: [
+            {"link": "l", "enabled": False, "changed_by": "ops", "changed_at": T0,
+             "next_run_at": T1, "last_run_at": T0},
+        ],
+    },
+    3: {S.quota_use: [{"system": "crm", "window_start": T0, "calls": 42}]},
+    4: {S.trigger_seen: [{"link": "l", "source_id": "7", "seen": '{"stage":"won"}',
+                          "updated_at": T0}]},
+}
+
+
+def _seeded(version: int) -> dict[sa.Table, list[dict[str, Any]]]:
+    out: dict[sa.Table, list[dict[str, Any]]] = {}
+    for v in range(1, version + 1):
+        for t, rows in SEED.get(v, {}).items():
+            out.setdefault(t, []).extend(rows)
+    return out
+
+
+def _load_snapshot(url: str, version: int, backend: str) -> None:
+    """A database as version ``version`` left it: its schema, and the rows it wrote."""
+    sql = (SNAPSHOTS / f"v{version}_{backend}.sql").read_text()
+    eng = sa.create_engine(url)
+    try:
+        with eng.begin() as c:
+            for stmt in sql.split(";\n"):
+                if stmt.strip():
+                    c.exec_driver_sql(stmt)
+            for t, rows in _seeded(version).items():
+                for row in rows:  # only the columns this version had
+                    c.execute(sa.insert(t).values(row))
+    finally:
+        eng.dispose()
+
+
+def test_every_earlier_version_has_snapshots() -> None:
+    for v in EARLIER:
+        for backend in ("sqlite", "postgresql"):
+            assert (SNAPSHOTS / f"v{v}_{backend}.sql").is_file(), (v, backend)
+
+
+@pytest.mark.parametrize(
+    "backend",
+    [pytest.param("sqlite"), pytest.param("postgresql", marks=pytest.mark.postgresql)],
+)
+@pytest.mark.parametrize("version", EARLIER, ids=lambda v: f"v{v}")
+def test_upgrade_keeps_data(backend: str, version: int, tmp_path: Path) -> None:
+    with fresh_database(backend, tmp_path, "state") as url:
+        _load_snapshot(url, version, backend)
+        st = StateStore(url)
+        try:
+            assert st.version() == version
+            assert st.migrate() == S.SCHEMA_VERSION
+            assert st.version() == S.SCHEMA_VERSION
+            insp = sa.inspect(st.engine)
+            for t in S.metadata.tables.values():
+                cols = {c["name"] for c in insp.get_columns(t.name)}
+                assert cols == {c.name for c in t.columns}, t.name
+            _check_rows_kept(st, version)
+            _check_store_reads(st, version)
+            assert st.migrate() == S.SCHEMA_VERSION  # idempotent
+        finally:
+            st.close()
+
+
+def _check_rows_kept(st: StateStore, version: int) -> None:
+    with st.connect() as c:
+        for t, rows in _seeded(version).items():
+            names = sorted({k for r in rows for k in r})
+            got = {tuple(r) for r in c.execute(sa.select(*(t.c[n] for n in names)))}
+            want = {tuple(r.get(n) for n in names) for r in rows}
+            assert got == want, t.name
+        if version == 1:  # columns added by v2 start empty
+            m = S.messages
+            assert set(c.execute(sa.select(m.c.claimed_by, m.c.lease_until))) == {(None, None)}
+
+
+def _check_store_reads(st: StateStore, version: int) -> None:
+    """The upgraded rows are read and written as the current crmsync does."""
+    with st.begin() as c:
+        assert st.get_cursor(c, "l", "source", "incremental") == {"at": "x"}
+        ids = st.identities_by_source(c, "l", ["7", "9"])
+        assert ids["7"].shadow == {"name": "Ada"} and ids["7"].target_id == "T7"
+        assert ids["9"].deleted is True
+        if version >= 2:
+            assert st.recover_running(c, now=T1) == 1  # its lease ended at T0
+        (m,) = [x for x in st.claim(c, "l", 10, now=T1) if x.record_id == "7"]
+        assert (m.op, m.version) == ("upsert", "v7")
+        failed = [r["id"] for r in st.list_messages(status="failed")]
+    with st.begin() as c:
+        assert st.retry_message(c, failed[0], now=T1) == "retried"
+    (run,) = st.runs("l")
+    assert run["counts"] == {"created": 1}
+    (out,) = st.outcomes(link="l")
+    assert out["fields"] == [{"field": "name", "status": "updated"}]
+    if version >= 2:
+        assert st.token_by_hash("h" * 64) == {"name": "ops", "role": "admin"}
+        assert st.audit_rows()[0]["detail"] == {"why": "x"}
+        assert st.link_enabled_overrides() == {"l": False}
+        with st.connect() as c:
+            assert st.webhook_delivery_seen(c, "hooks", "d-1")
+            assert st.pushed_get(c, "hooks", "deal", "D-1") == ('{"title":"Big"}', False, 1)
+    with st.connect() as c:
+        if version >= 3:
+            assert st.quota_row(c, "crm") == (T0, 42)
+        if version >= 4:
+            assert st.trigger_seen(c, "l", ["7"]) == {"7": {"stage": "won"}}
+    # What later versions added works on the upgraded database.
+    with st.begin() as c:
+        st.mark_erased(c, ["crm.person:7"], by="ops", now=T1)
+        st.add_activities(c, [{"link": "l", "record_ref": "crm.person:7", "at": T1,
+                               "kind": "sync", "text": "created", "deliver": False}])
+        assert st.erased_refs(c, ["crm.person:7", "crm.person:8"]) == {"crm.person:7"}
+    assert [a["text"] for a in st.activities("crm.person:7")] == ["created"]
+    assert st.start_run("l", "sync") == 2
+
+
+@pytest.mark.parametrize("version", EARLIER, ids=lambda v: f"v{v}")
+def test_dry_run_reads_an_earlier_version_without_upgrading(version: int, tmp_path: Path) -> None:
+    """A read-only store (a dry run) on an older SQLite state leaves it at its version."""
+    with fresh_database("sqlite", tmp_path, "state") as url:
+        _load_snapshot(url, version, "sqlite")
+        st = StateStore(url, readonly=True)
+        try:
+            assert st.migrate() == version
+            with st.connect() as c:
+                assert st.erased_refs(c, ["crm.person:7"]) == set()
+                assert st.identities_by_source(c, "l", ["7"])["7"].target_id == "T7"
+            assert st.link_enabled_overrides() == ({"l": False} if version >= 2 else {})
+        finally:
+            st.close()
+        again = StateStore(url)
+        try:
+            assert again.version() == version
+        finally:
+            again.close()

@@ -35,7 +35,6 @@ import sqlalchemy as sa
 from crmsync.config.models import Config, QuotaConfig
 from crmsync.connectors.base import Connector
 from crmsync.errors import CrmsyncError
-from crmsync.state import schema as S
 from crmsync.state.store import StateStore
 
 _EPOCH = datetime(1970, 1, 1)
@@ -99,11 +98,8 @@ class QuotaGuard:
         }
 
     def _used(self, c: sa.Connection, system: str, start: datetime) -> int:
-        t = S.quota_use
-        row = c.execute(
-            sa.select(t.c.window_start, t.c.calls).where(t.c.system == system)
-        ).first()
-        return int(row.calls) if row is not None and row.window_start == start else 0
+        row = self.state.quota_row(c, system)
+        return int(row[1]) if row is not None and row[0] == start else 0
 
     def status(self, system: str) -> QuotaStatus | None:
         q = self.quotas.get(system)
@@ -120,13 +116,10 @@ class QuotaGuard:
         )
 
     def _rate_wait(self, c: sa.Connection, system: str, now: datetime) -> float:
-        t = S.quota_use
-        tat = c.execute(
-            sa.select(t.c.window_start).where(t.c.system == _rate_key(system))
-        ).scalar()
-        if tat is None:
+        row = self.state.quota_row(c, _rate_key(system))
+        if row is None:
             return 0.0
-        return max(0.0, (tat - now).total_seconds() - 1.0)
+        return max(0.0, (row[0] - now).total_seconds() - 1.0)
 
     def all(self) -> list[QuotaStatus]:
         return [s for name in self.quotas if (s := self.status(name)) is not None]
@@ -165,42 +158,12 @@ class QuotaGuard:
         if q is None or calls <= 0:
             return
         start = window_start(self.clock(), q.window_s)
-        t = S.quota_use
-        # One atomic upsert: concurrent workers add up, and the first call of a
-        # new window starts the count afresh.
-        ins = self.state.upsert(t).values(system=system, window_start=start, calls=calls)
-        stmt = ins.on_conflict_do_update(
-            index_elements=["system"],
-            set_={
-                "calls": sa.case((t.c.window_start == start, t.c.calls + calls), else_=calls),
-                "window_start": start,
-            },
-        )
-        with self.state.begin() as c:
-            c.execute(stmt)
+        self.state.add_quota_calls(system, start, calls)
         if q.rate:
             self._spend_rate(system, calls, q.rate)
 
     def _spend_rate(self, system: str, calls: int, rate: float) -> None:
-        t, key = S.quota_use, _rate_key(system)
-        now = self.clock()
-        with self.state.begin() as c:
-            c.execute(
-                self.state.upsert(t)
-                .values(system=key, window_start=now, calls=0)
-                .on_conflict_do_nothing(index_elements=["system"])
-            )
-            # Row lock (PostgreSQL): concurrent workers add their calls one after
-            # the other, so none is lost from the bucket.
-            row = c.execute(
-                sa.select(t.c.window_start, t.c.calls).where(t.c.system == key).with_for_update()
-            ).one()
-            tat = max(row.window_start, now) + timedelta(seconds=calls / rate)
-            c.execute(
-                sa.update(t).where(t.c.system == key).values(
-                    window_start=tat, calls=row.calls + calls
-                )
-            )
+        self.state.add_rate_calls(_rate_key(system), calls, rate, self.clock())
 
 
 def _rate_key(system: str) -> str:

@@ -14,33 +14,14 @@ from __future__ import annotations
 
 import logging
 import threading
-import zlib
 from datetime import datetime, timedelta
-from typing import Any
 
 import sqlalchemy as sa
 
 from crmsync.schedule import parse_schedule
 from crmsync.service.context import ServiceContext
-from crmsync.state import schema as S
 
 log = logging.getLogger("crmsync.scheduler")
-
-LOCK_KEY = zlib.crc32(b"crmsync-scheduler")
-
-
-def _link_states(c: sa.Connection) -> dict[str, Any]:
-    t = S.link_state
-    return {r.link: r for r in c.execute(sa.select(t.c.link, t.c.next_run_at, t.c.last_run_at))}
-
-
-def _save_run(c: sa.Connection, link: str, ran_at: datetime, next_at: datetime | None) -> None:
-    t = S.link_state
-    res = c.execute(
-        sa.update(t).where(t.c.link == link).values(next_run_at=next_at, last_run_at=ran_at)
-    )
-    if not res.rowcount:
-        c.execute(sa.insert(t).values(link=link, next_run_at=next_at, last_run_at=ran_at))
 
 
 class Scheduler:
@@ -58,14 +39,11 @@ class Scheduler:
             return True
         if self._lock_conn is not None:
             return True
-        conn = state.engine.connect()
-        got = conn.execute(sa.select(sa.func.pg_try_advisory_lock(LOCK_KEY))).scalar()
-        conn.commit()
-        if got:
+        conn = state.take_scheduler_lock()
+        if conn is not None:
             self._lock_conn = conn  # held for as long as this connection lives
             log.info("scheduler is active", extra={"action": "leader"})
             return True
-        conn.close()
         return False
 
     def release(self) -> None:
@@ -76,7 +54,7 @@ class Scheduler:
     # -- scheduling --------------------------------------------------------
     def due(self, now: datetime) -> list[str]:
         with self.ctx.state.connect() as c:
-            states = _link_states(c)
+            states = self.ctx.state.link_schedules(c)
         out = []
         for name in self.ctx.engine.link_names():
             st = states.get(name)
@@ -112,7 +90,7 @@ class Scheduler:
             sched_text = self.ctx.config.links[name].schedule
             next_at = parse_schedule(sched_text).next_after(now) if sched_text else None
             with self.ctx.state.begin() as c:
-                _save_run(c, name, now, next_at)
+                self.ctx.state.save_scheduled_run(c, name, now, next_at)
             self.runs += 1
             ran.append(name)
             log.info(

@@ -1,0 +1,245 @@
+"""The state database itself: opening it, its schema version and upgrades, transactions.
+
+``Database`` holds the engine and the dialect helpers every concept of the
+store shares (``_upsert``, ``_executemany``, ``ts``); the concepts (queue,
+pairs, log, admin, pushed records, erasure) are mixins over it, joined in
+``store.StateStore``. All SQL in ``state/`` is SQLAlchemy Core over the tables
+in ``schema.py``; no string is ever spliced into a statement. Each method that
+takes a connection runs in the caller's transaction, so capture and apply
+decide what commits together.
+"""
+
+from __future__ import annotations
+
+import json
+import operator
+import threading
+import zlib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from crmsync.errors import SettingError, StateError, StateUnavailable, refused_connect
+from crmsync.state import schema as S
+
+_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str)
+
+# Advisory lock key held while the state schema is created or upgraded (PostgreSQL).
+_MIGRATE_LOCK = zlib.crc32(b"crmsync-state-migrate")
+
+
+def dumps(v: Any) -> str:
+    """Compact JSON as the state stores it (non-ASCII kept, other types as text)."""
+    return _JSON.encode(v)
+
+
+def utcnow() -> datetime:
+    # Naive UTC everywhere in the state database (portable across backends).
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+# SQLAlchemy's SQLite DateTime text form, so text comparisons stay ordered.
+_TS = "%Y-%m-%d %H:%M:%S.%f"
+
+
+def chunks(seq: Sequence[Any], n: int) -> Iterator[Sequence[Any]]:
+    """``seq`` in slices of ``n``: long ``IN`` lists stay within driver limits."""
+    for i in range(0, len(seq), n):
+        yield seq[i : i + n]
+
+
+class Database:
+    """One state database: its engine, schema upgrades and transactions."""
+
+    def __init__(self, url: str, *, readonly: bool = False) -> None:
+        self.url = url
+        self.readonly = readonly
+        self.engine = self._open(url, readonly)
+        self.dialect = self.engine.dialect.name
+        self._writer = threading.RLock() if self.dialect == "sqlite" else None
+        self._compiled: dict[int, Any] = {}
+        self._keep: list[Any] = []  # statements whose compiled form is cached
+
+    # -- opening -----------------------------------------------------------
+    def _open(self, url: str, readonly: bool) -> sa.Engine:
+        from crmsync.config.loader import sql_url_problem
+
+        if (why := sql_url_problem(url)) is not None:
+            raise SettingError("state", f"state database: {why}")
+        u = sa.engine.make_url(url)
+        if u.get_backend_name() == "sqlite":
+            db = u.database or ""
+            if db and db != ":memory:" and not db.startswith("file:"):
+                folder = Path(db).resolve().parent
+                if not folder.is_dir():
+                    raise SettingError(
+                        "state",
+                        f"state database: the folder {str(folder)!r} does not exist "
+                        "(crmsync creates the file, not its folder)",
+                    )
+            if readonly and (not db or db == ":memory:" or not Path(db).exists()):
+                # A dry run against a state that does not exist yet: an empty
+                # private state, so nothing is created on disk.
+                eng = sa.create_engine("sqlite://", hide_parameters=True)
+                self._install_pragmas(eng, wal=False)
+                with eng.begin() as c:
+                    for step in S.MIGRATIONS:
+                        step(c)
+                    c.execute(sa.insert(S.meta).values(key="version", value=str(S.SCHEMA_VERSION)))
+                return eng
+            if readonly:
+                eng = sa.create_engine(
+                    f"sqlite:///file:{Path(db).resolve()}?mode=ro&uri=true",
+                    hide_parameters=True,
+                )
+                self._install_pragmas(eng, wal=False)
+                sa.event.listen(eng, "handle_error", self._connect_error)
+                return eng
+            eng = sa.create_engine(url, hide_parameters=True)
+            self._install_pragmas(eng, wal=True)
+            sa.event.listen(eng, "handle_error", self._connect_error)
+            return eng
+        eng = sa.create_engine(url, hide_parameters=True, pool_pre_ping=True)
+        sa.event.listen(eng, "handle_error", self._connect_error)
+        return eng
+
+    @staticmethod
+    def _connect_error(ctx: sa.engine.ExceptionContext) -> None:
+        """A state database that refuses us or cannot be reached, in words: a config
+        problem naming `state:`, or an outage."""
+        from crmsync.config.secrets import redact  # lazy: config imports this module
+
+        exc = ctx.sqlalchemy_exception
+        if not isinstance(exc, sa.exc.DBAPIError):
+            return
+        text = str(exc.orig).strip().splitlines()
+        detail = redact(text[0] if text else type(exc.orig).__name__)
+        why = refused_connect(ctx.dialect.name, exc.orig)
+        if why is not None:
+            raise SettingError("state", f"state database: {why} ({detail})") from None
+        if ctx.connection is not None or ctx.is_pre_ping or ctx.dialect.name == "sqlite":
+            return  # a statement's error, or the pool probing: handled elsewhere
+        if isinstance(exc, sa.exc.OperationalError):
+            raise StateUnavailable(f"the state database cannot be reached: {detail}") from None
+
+    @staticmethod
+    def _install_pragmas(eng: sa.Engine, *, wal: bool) -> None:
+        @sa.event.listens_for(eng, "connect")
+        def _pragmas(dbapi_conn: Any, _rec: Any) -> None:
+            cur = dbapi_conn.cursor()
+            if wal:
+                # WAL lets readers (the API, `log`) run beside a writer; FULL
+                # syncs each commit so a committed message survives a crash.
+                cur.execute("PRAGMA journal_mode=WAL")
+                cur.execute("PRAGMA synchronous=FULL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+    def migrate(self) -> int:
+        """Bring the schema to the current version; returns the version."""
+        if self.readonly:
+            return self.version()
+        if self.version() == S.SCHEMA_VERSION:
+            return S.SCHEMA_VERSION  # the common case: no write lock taken
+        with self.engine.begin() as c:
+            # Two processes starting on a new state database (serve and a worker,
+            # parallel CLI calls) must not both create the schema: the first takes
+            # the write lock, the second waits and then finds the version current.
+            if self.dialect == "sqlite":
+                # pysqlite runs DDL outside a transaction unless one is begun by hand.
+                c.exec_driver_sql("BEGIN IMMEDIATE")
+            elif self.dialect == "postgresql":
+                c.execute(sa.select(sa.func.pg_advisory_xact_lock(_MIGRATE_LOCK)))
+            have = self._version(c)
+            if have > S.SCHEMA_VERSION:
+                raise StateError(
+                    f"the state database is at schema version {have}, newer than this "
+                    f"crmsync ({S.SCHEMA_VERSION}): upgrade crmsync"
+                )
+            for n in range(have, S.SCHEMA_VERSION):
+                S.MIGRATIONS[n](c)
+            if have == 0:
+                c.execute(sa.insert(S.meta).values(key="version", value=str(S.SCHEMA_VERSION)))
+            elif have < S.SCHEMA_VERSION:
+                c.execute(
+                    sa.update(S.meta)
+                    .where(S.meta.c.key == "version")
+                    .values(value=str(S.SCHEMA_VERSION))
+                )
+        return S.SCHEMA_VERSION
+
+    def version(self) -> int:
+        with self.engine.connect() as c:
+            return self._version(c)
+
+    @staticmethod
+    def _version(c: sa.Connection) -> int:
+        if not sa.inspect(c).has_table(S.meta.name):
+            return 0
+        v = c.execute(sa.select(S.meta.c.value).where(S.meta.c.key == "version")).scalar()
+        return int(v) if v is not None else 0
+
+    @contextmanager
+    def begin(self) -> Iterator[sa.Connection]:
+        if self._writer is None:
+            with self.engine.begin() as c:
+                yield c
+            return
+        # SQLite has one writer at a time; threads of this process queue on a
+        # lock (handed over at once) instead of SQLite's busy handler, which
+        # sleeps up to 100 ms between tries and made the latency tail.
+        with self._writer, self.engine.begin() as c:
+            yield c
+
+    @contextmanager
+    def connect(self) -> Iterator[sa.Connection]:
+        with self.engine.connect() as c:
+            yield c
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def _executemany(self, c: sa.Connection, stmt: Any, rows: list[dict[str, Any]]) -> None:
+        """Run a fixed statement for many rows at driver level.
+
+        SQLAlchemy's per-row parameter processing costs more than SQLite's own
+        insert on the migration's hot path; the statement is still built with
+        Core and compiled once, only the rows skip the per-row machinery.
+        """
+        key = id(stmt)
+        compiled = self._compiled.get(key)
+        if compiled is None:
+            compiled = stmt.compile(dialect=self.engine.dialect)
+            self._compiled[key] = compiled
+            self._keep.append(stmt)
+        if compiled.positiontup is not None:  # SQLite (qmark): values as stored text
+            pick = operator.itemgetter(*compiled.positiontup)
+            params: list[Any] = [pick(r) for r in rows]
+        else:  # psycopg binds Python values natively
+            params = rows
+        c.exec_driver_sql(compiled.string, params)
+
+    def ts(self, when: datetime) -> Any:
+        """A timestamp as a driver-level insert binds it (formatted once per batch)."""
+        return when.strftime(_TS) if self.dialect == "sqlite" else when
+
+    def _upsert(self, table: sa.Table) -> Any:
+        """An INSERT that takes ON CONFLICT clauses (SQLite and PostgreSQL)."""
+        if self.dialect == "postgresql":
+            return postgresql.insert(table)
+        if self.dialect == "sqlite":
+            return sqlite.insert(table)
+        raise StateError(
+            f"state database {self.dialect!r} is not supported (use SQLite or PostgreSQL)"
+        )
+
+    def ping(self) -> int:
+        """The schema version; raises when the database cannot be reached."""
+        with self.connect() as c:
+            return self._version(c)
+

@@ -1,0 +1,189 @@
+"""Pairs: the identity map with shadows, capture cursors, and trigger memory.
+
+A pair says which source record is which target record and holds the values
+both had at the last successful sync (the shadow, JSON in target form).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import sqlalchemy as sa
+
+from crmsync.state import schema as S
+from crmsync.state.db import Database, chunks, dumps, utcnow
+
+IDENTITY_COLUMNS = (
+    "link", "source_id", "target_id", "shadow", "source_version", "target_version",
+    "deleted", "updated_at",
+)
+
+
+@dataclass(slots=True)
+class Identity:
+    source_id: str
+    target_id: str | None
+    shadow: dict[str, Any]
+    source_version: str | None
+    target_version: str | None
+    deleted: bool
+
+    def row(self, shadow: dict[str, Any]) -> dict[str, Any]:
+        """This pair as a ``save_identities`` row with another shadow (erasure scrubs)."""
+        return {
+            "source_id": self.source_id,
+            "target_id": self.target_id,
+            "shadow": shadow,
+            "source_version": self.source_version,
+            "target_version": self.target_version,
+            "deleted": self.deleted,
+        }
+
+
+class PairsMixin(Database):
+    """Cursors, identities with their shadows, and the trigger fields last seen."""
+
+    # -- cursors -----------------------------------------------------------
+    def get_cursor(self, c: sa.Connection, link: str, side: str, kind: str) -> Any:
+        v = c.execute(
+            sa.select(S.cursors.c.value).where(
+                S.cursors.c.link == link, S.cursors.c.side == side, S.cursors.c.kind == kind
+            )
+        ).scalar()
+        return json.loads(v) if v is not None else None
+
+    def set_cursor(self, c: sa.Connection, link: str, side: str, kind: str, value: Any) -> None:
+        ins = self._upsert(S.cursors).values(
+            link=link, side=side, kind=kind, value=dumps(value), updated_at=utcnow()
+        )
+        c.execute(
+            ins.on_conflict_do_update(
+                index_elements=["link", "side", "kind"],
+                set_={"value": ins.excluded.value, "updated_at": ins.excluded.updated_at},
+            )
+        )
+
+    # -- identities and shadows -------------------------------------------
+    def live_ids(self, c: sa.Connection, link: str, side: str) -> list[str]:
+        """Ids on one side of every pair not yet known as deleted (for hard-delete checks)."""
+        i = S.identities
+        col = i.c.source_id if side == "source" else i.c.target_id
+        q = sa.select(col).where(i.c.link == link, i.c.deleted.is_(False), col.is_not(None))
+        return [str(r[0]) for r in c.execute(q)]
+
+    def identities_by_source(
+        self, c: sa.Connection, link: str, ids: Sequence[str]
+    ) -> dict[str, Identity]:
+        return self._identities(c, link, S.identities.c.source_id, ids, key="source")
+
+    def identities_by_target(
+        self, c: sa.Connection, link: str, ids: Sequence[str]
+    ) -> dict[str, Identity]:
+        return self._identities(c, link, S.identities.c.target_id, ids, key="target")
+
+    def _identities(
+        self, c: sa.Connection, link: str, col: sa.Column[Any], ids: Sequence[str], key: str
+    ) -> dict[str, Identity]:
+        t = S.identities
+        out: dict[str, Identity] = {}
+        for chunk in chunks(list(ids), 500):
+            for r in c.execute(
+                sa.select(
+                    t.c.source_id,
+                    t.c.target_id,
+                    t.c.shadow,
+                    t.c.source_version,
+                    t.c.target_version,
+                    t.c.deleted,
+                ).where(t.c.link == link, col.in_(chunk))
+            ):
+                ident = Identity(r[0], r[1], json.loads(r[2]), r[3], r[4], bool(r[5]))
+                out[ident.source_id if key == "source" else ident.target_id or ""] = ident
+        return out
+
+    def save_identities(self, c: sa.Connection, link: str, rows: Sequence[dict[str, Any]]) -> None:
+        """Upsert identity rows (source_id, target_id, shadow dict, versions, deleted)."""
+        if not rows:
+            return
+        now = self.ts(utcnow())
+        payload = [
+            {
+                "link": link,
+                "source_id": r["source_id"],
+                "target_id": r["target_id"],
+                "shadow": r["shadow"] if isinstance(r["shadow"], str) else dumps(r["shadow"]),
+                "source_version": r.get("source_version"),
+                "target_version": r.get("target_version"),
+                "deleted": bool(r.get("deleted", False)),
+                "updated_at": now,
+            }
+            for r in rows
+        ]
+        self._executemany(c, self._identity_upsert, payload)
+
+    @cached_property
+    def _identity_upsert(self) -> Any:
+        """The identity upsert, built once (``_executemany`` caches its compiled form)."""
+        if self.dialect not in ("sqlite", "postgresql"):
+            return None
+        ins = self._upsert(S.identities).values(
+            {k: sa.bindparam(k) for k in IDENTITY_COLUMNS}
+        )
+        return ins.on_conflict_do_update(
+            index_elements=["link", "source_id"],
+            set_={k: getattr(ins.excluded, k) for k in IDENTITY_COLUMNS[2:]},
+        )
+
+    def identity_pairs(
+        self,
+        c: sa.Connection,
+        link: str,
+        *,
+        source_ids: Sequence[str] = (),
+        target_ids: Sequence[str] = (),
+    ) -> list[tuple[str, str]]:
+        """``(source_id, target_id)`` of the link's pairs touching these ids (no shadows)."""
+        t = S.identities
+        out: list[tuple[str, str]] = []
+        for col, ids in ((t.c.source_id, source_ids), (t.c.target_id, target_ids)):
+            for chunk in chunks(list(dict.fromkeys(ids)), 500):
+                q = sa.select(t.c.source_id, t.c.target_id).where(
+                    t.c.link == link, col.in_(chunk), t.c.target_id.is_not(None)
+                )
+                out += [(r[0], r[1]) for r in c.execute(q)]
+        return list(dict.fromkeys(out))
+
+    # -- trigger memory ---------------------------------------------------------
+    def trigger_seen(
+        self, c: sa.Connection, link: str, ids: Sequence[str]
+    ) -> dict[str, dict[str, Any]]:
+        t = S.trigger_seen
+        out: dict[str, dict[str, Any]] = {}
+        for chunk in chunks(list(ids), 500):
+            for sid, seen in c.execute(
+                sa.select(t.c.source_id, t.c.seen).where(t.c.link == link, t.c.source_id.in_(chunk))
+            ):
+                out[sid] = json.loads(seen)
+        return out
+
+    def save_trigger_seen(
+        self, c: sa.Connection, link: str, rows: Sequence[tuple[str, dict[str, Any]]]
+    ) -> None:
+        if not rows:
+            return
+        now = utcnow()
+        ins = self._upsert(S.trigger_seen)
+        stmt = ins.on_conflict_do_update(
+            index_elements=["link", "source_id"],
+            set_={"seen": ins.excluded.seen, "updated_at": ins.excluded.updated_at},
+        )
+        c.execute(
+            stmt,
+            [{"link": link, "source_id": sid, "seen": dumps(v), "updated_at": now}
+             for sid, v in rows],
+        )
+

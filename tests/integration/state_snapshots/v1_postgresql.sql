@@ -1,0 +1,71 @@
+-- crmsync state schema version 1 (postgresql), as created by schema.py at ec1ce58
+CREATE TABLE crmsync_cursors (
+	link VARCHAR(128) NOT NULL, 
+	side VARCHAR(16) NOT NULL, 
+	kind VARCHAR(16) NOT NULL, 
+	value TEXT, 
+	updated_at TIMESTAMP WITHOUT TIME ZONE NOT NULL, 
+	PRIMARY KEY (link, side, kind)
+);
+CREATE TABLE crmsync_identities (
+	link VARCHAR(128) NOT NULL, 
+	source_id VARCHAR(255) NOT NULL, 
+	target_id VARCHAR(255), 
+	shadow TEXT NOT NULL, 
+	source_version TEXT, 
+	target_version TEXT, 
+	deleted BOOLEAN NOT NULL, 
+	updated_at TIMESTAMP WITHOUT TIME ZONE NOT NULL, 
+	PRIMARY KEY (link, source_id)
+);
+CREATE TABLE crmsync_messages (
+	id SERIAL NOT NULL, 
+	link VARCHAR(128) NOT NULL, 
+	side VARCHAR(16) NOT NULL, 
+	record_id VARCHAR(255) NOT NULL, 
+	op VARCHAR(16) NOT NULL, 
+	version TEXT, 
+	status VARCHAR(16) NOT NULL, 
+	attempts INTEGER NOT NULL, 
+	available_at TIMESTAMP WITHOUT TIME ZONE NOT NULL, 
+	created_at TIMESTAMP WITHOUT TIME ZONE NOT NULL, 
+	updated_at TIMESTAMP WITHOUT TIME ZONE NOT NULL, 
+	last_error TEXT, 
+	PRIMARY KEY (id)
+);
+CREATE TABLE crmsync_meta (
+	key VARCHAR(64) NOT NULL, 
+	value TEXT NOT NULL, 
+	PRIMARY KEY (key)
+);
+CREATE TABLE crmsync_outcomes (
+	id SERIAL NOT NULL, 
+	run_id INTEGER, 
+	link VARCHAR(128) NOT NULL, 
+	source_ref VARCHAR(512), 
+	target_ref VARCHAR(512), 
+	action VARCHAR(16) NOT NULL, 
+	status VARCHAR(16) NOT NULL, 
+	fields TEXT NOT NULL, 
+	message TEXT, 
+	at TIMESTAMP WITHOUT TIME ZONE NOT NULL, 
+	PRIMARY KEY (id)
+);
+CREATE TABLE crmsync_runs (
+	id SERIAL NOT NULL, 
+	link VARCHAR(128) NOT NULL, 
+	kind VARCHAR(16) NOT NULL, 
+	status VARCHAR(16) NOT NULL, 
+	started_at TIMESTAMP WITHOUT TIME ZONE NOT NULL, 
+	finished_at TIMESTAMP WITHOUT TIME ZONE, 
+	counts TEXT NOT NULL, 
+	error TEXT, 
+	PRIMARY KEY (id)
+);
+CREATE UNIQUE INDEX crmsync_identities_target ON crmsync_identities (link, target_id);
+CREATE INDEX crmsync_messages_claim ON crmsync_messages (status, link, id);
+CREATE UNIQUE INDEX crmsync_messages_one_pending ON crmsync_messages (link, side, record_id) WHERE status = 'pending';
+CREATE INDEX crmsync_outcomes_link_status ON crmsync_outcomes (link, status);
+CREATE INDEX crmsync_outcomes_source ON crmsync_outcomes (source_ref);
+CREATE INDEX crmsync_outcomes_target ON crmsync_outcomes (target_ref);
+INSERT INTO crmsync_meta (key, value) VALUES ('version', '1');
