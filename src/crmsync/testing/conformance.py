@@ -20,6 +20,7 @@ SQL and webhook fixtures) and values that break naive quoting or truncate
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -182,13 +183,19 @@ def drain(
 ) -> tuple[list[Record], Cursor | None]:
     """Every page of ``read_changes`` from ``cursor`` on, as the capture loop reads
     them: only the first page reaches back by ``lookback`` (every page doing so
-    would re-read an overlap longer than a page forever)."""
+    would re-read an overlap longer than a page forever).
+
+    The cursor goes through JSON between pages, as the engine keeps it in the
+    state database: a cursor must survive that unchanged in meaning.
+    """
     out: list[Record] = []
     for _ in range(max_pages):
         page = conn.read_changes(obj, cursor, limit, lookback)
         lookback = 0.0
+        if len(page.records) > limit:
+            raise AssertionError(f"a page of {len(page.records)} records for limit {limit}")
         out += page.records
-        cursor = page.cursor
+        cursor = json.loads(json.dumps(page.cursor))
         if not page.more:
             return out, cursor
     raise AssertionError(f"read_changes still had more after {max_pages} pages of {limit}")
@@ -205,6 +212,11 @@ def scan_all(conn: Connector, obj: str, limit: int, max_pages: int = 500) -> lis
             return out
         after = page[-1].id
     raise AssertionError(f"scan still had more after {max_pages} pages of {limit}")
+
+
+def stamp_order(records: Sequence[Record]) -> list[tuple[Any, Any]]:
+    """The ``(updated_at, key)`` positions of ``records``, numeric ids as numbers."""
+    return [(r.version, int(r.id) if r.id.isdigit() else r.id) for r in records]
 
 
 def ids_of(records: Sequence[Record], wanted: Sequence[str] | None = None) -> list[str]:
