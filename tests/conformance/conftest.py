@@ -4,11 +4,11 @@ Each subject is built the way users build it: config text -> ``load_config_text`
 -> ``build_connectors``. Adding a connector (the HTTP one) is one fixture named
 ``<kind>_subject`` yielding a ``Subject`` plus one entry in ``SUBJECTS``.
 
-Systems: SQL gets a fresh database per test (``tests/dbs.py``; PostgreSQL and
+Systems: SQL gets a database per module (``tests/dbs.py``; PostgreSQL and
 MariaDB fail instead of skipping when CI=true); Tryton shares one real server
-per module (started from the cached template of ``tests/tryton/trytonenv.py``)
-and every test works on records of its own; the webhook system keeps its
-records in a fresh SQLite state database per test.
+and connector per module (started from the cached template of
+``tests/tryton/trytonenv.py``) and every test works on records of its own; the
+webhook system keeps its records in a fresh SQLite state database per test.
 """
 
 from __future__ import annotations
@@ -239,8 +239,10 @@ def tryton_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrytonSe
         server.close()
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def tryton_subject(tryton_server: TrytonServer) -> Iterator[Subject]:
+    """Shared by the module's tests like the server: a Tryton login costs a password
+    hash, and the engine too keeps one connector per system."""
     s = tryton_server
     env = {"TRYTON_PASSWORD": s.password}
     rpc = s.rpc(timeout=10)
