@@ -42,6 +42,7 @@ from crmsync.testing.conformance import (
     HOSTILE,
     HOSTILE_NAMES,
     HOSTILE_TYPES,
+    REFUSED_SETTING,
     STAMPS,
     UNAVAILABLE,
     UNSTAMPED,
@@ -133,11 +134,15 @@ def _sql_subject(backend: str, url: str) -> Iterator[Subject]:
                 ids.append(str(res.inserted_primary_key[0]))
         return ids
 
-    down = None
+    parsed = sa.make_url(url)
     if backend == "sqlite":
         down = _sqlite_locked(url)
+        # A mistyped path: SQLite would create an empty file; crmsync refuses it.
+        wrong = parsed.set(database=f"{parsed.database}.missing")
     else:
-        down = _sql_down(sa.make_url(url).set(port=free_port()).render_as_string(False))
+        down = _sql_connector(parsed.set(port=free_port()).render_as_string(False))
+        wrong = parsed.set(database=f"{parsed.database}_missing")
+    misconfigured = _sql_connector(wrong.render_as_string(False))
     _, conns = connectors_of(_sql_text(url))
     conn = conns["sys"]
     try:
@@ -145,23 +150,24 @@ def _sql_subject(backend: str, url: str) -> Iterator[Subject]:
             label=f"sql-{backend}", connector=conn, obj=OBJ,
             roles=Roles(HOSTILE["match"], HOSTILE["text"], HOSTILE["refusable"]),
             seed=seed, types=HOSTILE_TYPES, bad_value=-1, down=down,
+            misconfigured=misconfigured,
         )
     finally:
         conn.close()
         engine.dispose()
 
 
-def _sql_down(url: str) -> Any:
+def _sql_connector(url: str) -> Any:
     @contextmanager
-    def down() -> Iterator[Connector]:
-        # Nothing listens on that port: the server is down.
+    def build() -> Iterator[Connector]:
+        # The system at another URL: a port nobody listens on, a missing database.
         _, conns = connectors_of(_sql_text(url))
         try:
             yield conns["sys"]
         finally:
             conns["sys"].close()
 
-    return down
+    return build
 
 
 def _sqlite_locked(url: str) -> Any:
@@ -288,12 +294,20 @@ def tryton_subject(tryton_server: TrytonServer) -> Iterator[Subject]:
         finally:
             conns["sys"].close()
 
+    @contextmanager
+    def misconfigured() -> Iterator[Connector]:
+        _, conns = connectors_of(_tryton_text(s.url, "crmsync_no_such_db", s.user), env)
+        try:
+            yield conns["sys"]
+        finally:
+            conns["sys"].close()
+
     _, conns = connectors_of(_tryton_text(s.url, s.database, s.user), env)
     conn = conns["sys"]
     try:
         yield Subject(
             label="tryton", connector=conn, obj=OBJ, roles=Roles("code", "name", "code"),
-            seed=seed, bad_value=taken, down=down,
+            seed=seed, bad_value=taken, down=down, misconfigured=misconfigured,
             types={"id": FieldType.INTEGER, "code": FieldType.STRING, "name": FieldType.STRING,
                    "active": FieldType.BOOLEAN, "last_modified_at": FieldType.DATETIME},
             lacks={
@@ -362,6 +376,7 @@ def webhook_subject(tmp_path: Path) -> Iterator[Subject]:
                 STAMPS: "records are ordered by a commit sequence, not by a stamp",
                 UNAVAILABLE: "push-only: crmsync never calls the system (its records are "
                 "read from the state database)",
+                REFUSED_SETTING: "push-only: no connection settings to get wrong",
             },
         )
     finally:

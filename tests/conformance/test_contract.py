@@ -23,6 +23,7 @@ from crmsync.testing.conformance import (
     HOSTILE,
     HOSTILE_NAMES,
     HOSTILE_TEXTS,
+    REFUSED_SETTING,
     STAMP_CURSOR,
     STAMPS,
     UNAVAILABLE,
@@ -294,8 +295,7 @@ def test_write_one_bad_item_never_fails_the_others(subject: Subject) -> None:
     assert None not in good and "create:0" not in res.errors and "create:2" not in res.errors
     # The bad one failed whole, or was written without the refused field.
     assert ("create:1" in res.errors) != (r.refusable in res.refused.get("create:1", {}))
-    assert {res.errors.get("create:1") is None, res.created[1] is not None} == {
-        res.created[1] is not None}
+    assert (res.created[1] is None) == ("create:1" in res.errors)
     got = conn.read(obj, [str(i) for i in good])
     assert [got[str(i)].values[r.text] for i in good] == ["text 0", "text 2"]
 
@@ -362,15 +362,28 @@ def test_a_down_system_raises_unavailable(subject: Subject) -> None:
             ("read_changes", lambda: conn.read_changes(obj, None, 10)),
             ("start_cursor", lambda: conn.start_cursor(obj)),
         ]
+        unwritten = rows(subject, 1)
         if not subject.lacking(WRITE):
-            calls.append(("write", lambda: conn.write(obj, creates=rows(subject, 1))))
+            calls.append(("write", lambda: conn.write(obj, creates=unwritten)))
         for what, call in calls:
             with pytest.raises(SystemUnavailable) as info:
                 call()
             # A server that is down is an outage, not a wrong setting.
             assert not isinstance(info.value, SettingError), (what, info.value)
     # Nothing was written meanwhile; the system answers again.
-    assert subject.connector.find(obj, r.match, ["m-never"]) == []
+    assert subject.connector.find(obj, r.match, [unwritten[0][r.match]]) == []
+
+
+def test_a_refused_setting_is_a_setting_error(subject: Subject) -> None:
+    """A database the server does not have is the config's problem, named by its
+    key (and still a SystemUnavailable: a running worker pauses, loses nothing)."""
+    need(subject, REFUSED_SETTING)
+    assert subject.misconfigured is not None
+    with subject.misconfigured() as conn:
+        with pytest.raises(SettingError) as info:
+            conn.describe(subject.obj)
+    assert isinstance(info.value, SystemUnavailable)
+    assert info.value.key.startswith("systems.sys."), info.value.key
 
 
 # -- hostile identifiers and values --------------------------------------------------------

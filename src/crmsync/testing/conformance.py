@@ -44,6 +44,7 @@ STAMPS: Final = "stamps"  # the seed can choose a record's updated_at (or leave 
 STAMP_CURSOR: Final = "stamp_cursor"  # the cursor follows updated_at (lookback applies)
 HOSTILE_NAMES: Final = "hostile_names"  # object/field names are ours to choose
 UNAVAILABLE: Final = "unavailable"  # the system can be made unreachable (``down``)
+REFUSED_SETTING: Final = "refused_setting"  # a setting the system refuses (``misconfigured``)
 
 
 class _Unstamped:
@@ -87,6 +88,8 @@ class Subject:
     lacks: Mapping[str, str] = field(default_factory=dict)
     # The same system while it cannot be reached (a connector built from config).
     down: Callable[[], AbstractContextManager[Connector]] | None = None
+    # The same system with a setting it refuses (a database it does not have).
+    misconfigured: Callable[[], AbstractContextManager[Connector]] | None = None
 
     def lacking(self, feature: str) -> str | None:
         """Why the subject does not take part in ``feature`` (None: it does)."""
@@ -101,6 +104,8 @@ class Subject:
             return f"{self.label}: describe() has no updated_at (the cursor is not a stamp)"
         if feature == UNAVAILABLE and self.down is None:
             return f"{self.label}: no way to take the system down"
+        if feature == REFUSED_SETTING and self.misconfigured is None:
+            return f"{self.label}: no setting the system can refuse"
         return None
 
 
