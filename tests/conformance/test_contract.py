@@ -233,6 +233,20 @@ def test_write_creates_and_updates(subject: Subject) -> None:
     assert got[ids[0]].values[r.match] == data[0][r.match]  # untouched fields stay
 
 
+def test_writes_are_captured(subject: Subject) -> None:
+    """What the connector writes, it stamps: the next poll reads it (with the
+    lookback a coarse clock needs, as configured by default)."""
+    need(subject, WRITE, STAMP_CURSOR)
+    conn, obj, r = subject.connector, subject.obj, subject.roles
+    start = conn.start_cursor(obj)
+    ids = subject.seed(rows(subject, 2), None)
+    _, cursor = drain(conn, obj, start, limit=2)
+    res = conn.write(obj, creates=rows(subject, 1), updates=[(ids[1], {r.text: "again"})])
+    assert res.errors == {}
+    got, _ = drain(conn, obj, cursor, limit=2, lookback=2.0)
+    assert {ids[1], str(res.created[0])} <= set(ids_of(got))
+
+
 def test_write_deletes(subject: Subject) -> None:
     need(subject, WRITE, HARD_DELETE)
     conn, obj = subject.connector, subject.obj
