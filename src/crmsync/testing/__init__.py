@@ -1,0 +1,1 @@
+"""Helpers for testing crmsync and its connectors (fakes, the conformance harness)."""
