@@ -1,3 +1,4 @@
+# Over 500 lines: one story (server, seed, sync, edit, read back), read top to bottom.
 """The Tryton demo: a sample ERP (SQLite) mirrored into a real Tryton CRM by the real CLI.
 
 Run ``python -m crmsync.demo.tryton`` in a folder of its own (``make
