@@ -33,7 +33,7 @@ demo: $(STAMP_RUN)
 # trytond-admin builds the database once, later runs reuse it.
 demo-tryton: $(STAMP_RUN) $(STAMP_TRYTON)
 	@mkdir -p demo-tryton
-	cd demo-tryton && ../$(PY) -m crmsync.demo_tryton --tryton-venv ../$(TRYTON_VENV) \
+	cd demo-tryton && ../$(PY) -m crmsync.demo.tryton --tryton-venv ../$(TRYTON_VENV) \
 		$(DEMO_TRYTON_ARGS)
 
 test: $(STAMP_TEST)

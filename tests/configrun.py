@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from crmsync.config.check import check_config
 from crmsync.config.loader import load_config_text
 from crmsync.connectors import build_connectors
+from crmsync.engine.check import check_config
 from crmsync.engine.runner import Engine
 from crmsync.state.store import StateStore
 

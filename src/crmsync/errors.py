@@ -1,7 +1,17 @@
-"""One exception tree. Each error says what the engine does next.
+"""One exception tree. Each error says what happens next, in its docstring:
+
+- abort: nothing runs (``ConfigError``, ``SettingError`` before a run,
+  ``SchemaError``, ``StateError``, ``UnknownLink``);
+- wait and run again, no attempt spent (``SystemUnavailable``,
+  ``StateUnavailable``; ``engine.quota.QuotaWait``);
+- record the one record as failed and go on (a connector's per-record errors
+  in ``WriteResult.errors``);
+- a person acts (``engine.erase.EraseError`` and kin,
+  ``engine.graph.UnknownRecordType``).
 
 ``user_message`` is safe to show (no secrets, no internals); ``hint`` names
-the command to run when a person must act.
+the command to run when a person must act. ``str()`` is the message followed
+by the hint, so a hint set on a class shows wherever that error is printed.
 """
 
 from __future__ import annotations
@@ -61,10 +71,6 @@ class SettingError(SystemUnavailable):
         self.key = key
 
 
-class RecordError(CrmsyncError):
-    """One record cannot be written (constraint, bad value): record it as failed, go on."""
-
-
 class StateError(CrmsyncError):
     """The state database is unusable (a newer schema version): abort."""
 
@@ -77,8 +83,23 @@ class StateUnavailable(StateError):
     hint = "is the state database server up? Run the command again"
 
 
+class UnknownLink(CrmsyncError):
+    """A command or request names a link the config does not have: abort, nothing ran.
+
+    ``user_message`` lists the links there are; every caller refuses with it
+    (the CLI exits 2, the API answers 404).
+    """
+
+    hint = "the links are under `links:` in the config; see: crmsync status"
+
+    def __init__(self, name: str, links: list[str]) -> None:
+        super().__init__(f"no link named {name!r} (links: {', '.join(links)})")
+        self.name = name
+
+
 class SchemaError(CrmsyncError):
-    """The live system does not have what the config names (table, column).
+    """The live system does not have what the config names (table, column): the
+    link stops, nothing is written; fix the config (see: crmsync check).
 
     ``key`` is the config key the problem belongs to, relative to the object
     (``table``, ``key``, ``updated_at``, ``deleted.field``), so ``check`` can

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from crmsync import demo
+from crmsync.demo import sqlite as demo
 
 SECRET_CANARY = "sqlite:///erp.db?canary=Zq8xS3cr3t"
 

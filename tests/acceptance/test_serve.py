@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from crmsync import demo
+from crmsync.demo import sqlite as demo
 
 
 def _free_port() -> int:

@@ -25,11 +25,11 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from crmsync.config.check import check_config
 from crmsync.config.loader import load_config
 from crmsync.config.models import ObjectConfig
 from crmsync.connectors import build_connectors
 from crmsync.connectors.sql import SqlConnector
+from crmsync.engine.check import check_config
 from crmsync.engine.runner import Engine, LinkReport
 from crmsync.state.store import StateStore
 

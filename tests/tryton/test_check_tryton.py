@@ -7,9 +7,9 @@ from pathlib import Path
 import sqlalchemy as sa
 from trytonenv import TrytonServer
 
-from crmsync.config.check import check_config
 from crmsync.config.loader import load_config_with_lines
 from crmsync.connectors import build_connectors
+from crmsync.engine.check import check_config
 
 CONFIG = """\
 state: sqlite:///{d}/state.db

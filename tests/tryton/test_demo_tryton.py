@@ -1,4 +1,4 @@
-"""``python -m crmsync.demo_tryton`` end to end, as ``make demo-tryton`` runs it.
+"""``python -m crmsync.demo.tryton`` end to end, as ``make demo-tryton`` runs it.
 
 The first run builds the demo's own Tryton database with trytond-admin (a real
 build, about 15-20 s), so one folder is shared: first run, second run (reuses
@@ -40,7 +40,7 @@ def demo_env() -> dict[str, str]:
 
 
 def demo_cmd() -> list[str]:
-    return [sys.executable, "-m", "crmsync.demo_tryton", "--tryton-venv", str(TRYTON_VENV)]
+    return [sys.executable, "-m", "crmsync.demo.tryton", "--tryton-venv", str(TRYTON_VENV)]
 
 
 def run_demo(folder: Path, timeout: float) -> Run:

@@ -1,7 +1,7 @@
 """A real Tryton 8.2 server per test, started from a template database built once.
 
 The template (``trytond-admin`` + an RPC bootstrap: currency, own company,
-employee, relation types, categories; see ``crmsync.tryton_local``, which the
+employee, relation types, categories; see ``crmsync.testing.tryton``, which the
 Tryton demo shares) takes about 15-25 s to build, so it is cached across pytest
 runs in a temp directory keyed by the installed Tryton versions and by
 ``BOOTSTRAP_VERSION``; a file lock makes concurrent pytest processes build it
@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from crmsync.tryton_local import (
+from crmsync.testing.tryton import (
     ADMIN_USER,  # noqa: F401  (kept as names of this module)
     BOOTSTRAP_VERSION,  # noqa: F401
     DATABASE,

@@ -7,7 +7,6 @@ from typing import Any
 import pytest
 
 from crmsync.config import (
-    check_config,
     clear_secrets,
     config_schema,
     load_config,
@@ -19,6 +18,7 @@ from crmsync.config import (
 )
 from crmsync.config.models import SetAction
 from crmsync.connectors.base import ChangePage, Connector, Cursor, WriteResult
+from crmsync.engine.check import check_config
 from crmsync.errors import ConfigError, SchemaError, SystemUnavailable
 from crmsync.model import FieldSpec, FieldType, ObjectSpec, Record
 

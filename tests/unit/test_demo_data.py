@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from ruamel.yaml import YAML
 
-from crmsync import demo
 from crmsync.config.models import Config, Direction
+from crmsync.demo import sqlite as demo
 
 
 def rows(path: Path, sql: str, params: tuple = ()) -> list[tuple]:

@@ -43,7 +43,8 @@ from crmsync.engine.deeplinks import deep_links
 from crmsync.engine.erase import EraseError, EraseRefused, RecordNotFound, erase
 from crmsync.engine.graph import UnknownRecordType, object_config
 from crmsync.engine.requests import request_records
-from crmsync.errors import SystemUnavailable
+from crmsync.engine.status import link_statuses, require_link
+from crmsync.errors import SystemUnavailable, UnknownLink
 from crmsync.model import RecordRef, Side
 from crmsync.service.context import ServiceContext
 
@@ -72,8 +73,11 @@ def _opt(text: str | None) -> str | None:
 
 
 def _known_link(ctx: ServiceContext, name: str | None) -> None:
-    if name is not None and name not in ctx.config.links:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no link named {name!r}")
+    try:
+        require_link(ctx.config, name)
+    except UnknownLink as exc:
+        detail = f"no link named {exc.name!r}"
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=detail) from None
 
 
 def _run(r: dict[str, Any]) -> RunOut:
@@ -104,39 +108,28 @@ def reject_unknown_query(request: Request) -> None:
 
 
 def _links(ctx: ServiceContext, only: str | None = None) -> list[LinkOut]:
-    st = ctx.state
-    states = st.link_states()
-    with st.connect() as c:
-        counts = st.queue_counts_by_link(c)
-        oldest = st.oldest_waiting(c)
-        paused = st.waiting_unreachable(c)
-        last = st.last_runs(c)
-    pending = {name: q.get("pending", 0) for name, q in counts.items()}
-    waits = ctx.quota.link_waits(ctx.config, pending) if ctx.quota is not None else {}
     out = []
-    for name, lc in ctx.config.links.items():
-        if only is not None and name != only:
-            continue
-        s = states.get(name, {})
-        enabled = s.get("enabled")
+    for st in link_statuses(ctx.config, ctx.state, ctx.quota, only):
+        lc = ctx.config.links[st.name]
+        wait = st.quota_wait
         out.append(
             LinkOut(
-                name=name,
+                name=st.name,
                 source=lc.source,
                 target=lc.target,
                 direction=str(lc.direction),
                 schedule=lc.schedule,
-                enabled=lc.enabled if enabled is None else bool(enabled),
-                enabled_changed_by=s.get("changed_by"),
-                enabled_changed_at=s.get("changed_at"),
-                next_run_at=s.get("next_run_at"),
-                queue=QueueCounts(**counts.get(name, {})),
-                oldest_waiting_at=oldest.get(name),
-                paused_messages=paused[name][0] if name in paused else 0,
-                quota_waiting=waits[name][0] if name in waits else 0,
-                quota_resets_at=waits[name][1] if name in waits else None,
-                quota_system=waits[name][2] if name in waits else None,
-                last_run=_run(last[name]) if name in last else None,
+                enabled=st.enabled,
+                enabled_changed_by=st.changed_by,
+                enabled_changed_at=st.changed_at,
+                next_run_at=st.next_run_at,
+                queue=QueueCounts(**st.queue),
+                oldest_waiting_at=st.oldest_waiting_at,
+                paused_messages=st.paused[0] if st.paused else 0,
+                quota_waiting=wait[0] if wait else 0,
+                quota_resets_at=wait[1] if wait else None,
+                quota_system=wait[2] if wait else None,
+                last_run=_run(st.last_run) if st.last_run is not None else None,
             )
         )
     return out

@@ -1,6 +1,8 @@
-"""Configuration: models, loading (with file:line problems), secrets and the live check."""
+"""Configuration: models, loading (with file:line problems) and secrets.
 
-from crmsync.config.check import check_config
+The live check against the systems is ``crmsync.engine.check``.
+"""
+
 from crmsync.config.loader import (
     SourceMap,
     config_schema,
@@ -14,7 +16,6 @@ from crmsync.config.secrets import clear_secrets, redact, register_secret, safe_
 __all__ = [
     "Config",
     "SourceMap",
-    "check_config",
     "clear_secrets",
     "config_schema",
     "load_config",

@@ -16,11 +16,12 @@ Cursor contract (incremental reads), written down because capture relies on it:
 * Rows whose ``updated_at`` is NULL are never returned by ``read_changes``;
   ``scan`` (used by full runs) returns every row, NULL or not.
 * ``start_cursor(obj)`` returns a cursor positioned *before* the current
-  high-water mark, so rows stamped at that instant are read again (and
-  de-duplicated by the engine), never lost.
+  high-water mark, so rows stamped at that instant are read again, never lost.
 * ``lookback`` (seconds) makes ``read_changes`` start that much earlier than
-  the cursor, to catch transactions that commit late with an older stamp; the
-  engine de-duplicates the overlap by (id, version).
+  the cursor, to catch transactions that commit late with an older stamp.
+* A connector does not filter rows read again: the engine queues them like any
+  other (a waiting message per record collapses) and apply finds them
+  unchanged, so a re-read costs a read, never a write (``engine.runner``).
 """
 
 from __future__ import annotations

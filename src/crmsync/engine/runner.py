@@ -38,6 +38,7 @@ from crmsync.engine.lease import local_owner_gone, make_worker_id
 from crmsync.engine.link import CompiledLink, compile_link
 from crmsync.engine.quota import QuotaGuard, QuotaMeter, QuotaWait
 from crmsync.engine.retry import RetryPolicy
+from crmsync.engine.status import enabled_links, require_link
 from crmsync.errors import SystemUnavailable
 from crmsync.model import Action, Outcome, Side
 from crmsync.state.store import UNREACHABLE, StateStore, utcnow
@@ -178,12 +179,9 @@ class Engine:
 
     def link_names(self, only: str | None = None) -> list[str]:
         if only is not None:
-            if only not in self.config.links:
-                raise KeyError(f"no link named {only!r} (links: {', '.join(self.config.links)})")
+            require_link(self.config, only)
             return [only]
-        # The runtime switch (API enable/disable) overrides the config's `enabled`.
-        overrides = self.state.link_enabled_overrides()
-        return [n for n, lc in self.config.links.items() if overrides.get(n, lc.enabled)]
+        return enabled_links(self.config, self.state.link_enabled_overrides())
 
     # ------------------------------------------------------------------
     def sync(

@@ -11,9 +11,10 @@ from typing import Annotated
 
 import typer
 
+from crmsync.cli.common import ConfigOpt, refuse_if_invalid
+
 log = logging.getLogger("crmsync.service")
 
-ConfigOpt = Annotated[Path, typer.Option("-c", "--config", help="config file")]
 PollOpt = Annotated[
     float,
     typer.Option(min=0.01, max=60, help="seconds an idle worker waits before it looks again "
@@ -27,15 +28,6 @@ def _stop_on_signals(stop: threading.Event) -> None:
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
-
-
-def _refuse_if_invalid(config: Path) -> None:
-    """The checks `sync` makes before it runs: a service must not start on a broken
-    config (exit 2) and then fail every message; a system that is down is fine,
-    its links pause."""
-    from crmsync.cli import _refuse_if_invalid as refuse
-
-    refuse(config)
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -67,7 +59,8 @@ def serve(
     from crmsync.service.scheduler import Scheduler
     from crmsync.service.worker import Worker
 
-    _refuse_if_invalid(config)
+    # A service must not start on a broken config (exit 2) and then fail every message.
+    refuse_if_invalid(config)
     sock = _listen(host, port)  # before anything starts: a taken port is said plainly
     port = int(sock.getsockname()[1])
     ctx = ServiceContext.open(config)
@@ -115,7 +108,8 @@ def worker(config: ConfigOpt = Path("crmsync.yaml"), poll: PollOpt = 0.2) -> Non
     from crmsync.service.context import ServiceContext
     from crmsync.service.worker import Worker
 
-    _refuse_if_invalid(config)
+    # A service must not start on a broken config (exit 2) and then fail every message.
+    refuse_if_invalid(config)
     ctx = ServiceContext.open(config)
     stop = threading.Event()
     _stop_on_signals(stop)

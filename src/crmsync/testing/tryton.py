@@ -79,7 +79,7 @@ def find_venv() -> Path:
     candidates: list[Path] = []
     if os.environ.get(VENV_VARIABLE):
         candidates.append(Path(os.environ[VENV_VARIABLE]))
-    candidates.append(Path(__file__).resolve().parents[2] / ".venv-tryton")
+    candidates.append(Path(__file__).resolve().parents[3] / ".venv-tryton")  # src/crmsync/testing/
     on_path = shutil.which("trytond")
     if on_path:
         candidates.append(Path(on_path).resolve().parent.parent)

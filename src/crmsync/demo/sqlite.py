@@ -1,3 +1,4 @@
+# Over 500 lines: the sample data and the story that shows it, read together top to bottom.
 """The demo: a sample ERP and CRM on SQLite, synced by the real CLI.
 
 Run ``python -m crmsync.demo`` in an empty folder (``make demo`` uses ``demo/``).

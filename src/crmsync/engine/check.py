@@ -1,5 +1,8 @@
 """Check a loaded config against the live systems (``crmsync check``).
 
+It lives in the engine, not in ``config``: it asks the connectors and uses the
+engine's own rules (conversions, filters, triggers) on what they describe.
+
 Every problem is collected; nothing is written anywhere.
 """
 
@@ -13,10 +16,9 @@ from crmsync.config.loader import join_path, sort_problems
 from crmsync.config.models import Config, ConflictPolicy, Direction, LinkConfig, SetAction
 from crmsync.config.secrets import redact
 from crmsync.connectors.base import Connector
-
-# Module import, not names: engine.filters imports config.models, which runs this package.
-from crmsync.engine import filters
 from crmsync.engine.convert import ConversionError, compatible, converter, is_scalar
+from crmsync.engine.filters import criteria_problems
+from crmsync.engine.trigger import trigger_problems
 from crmsync.errors import CrmsyncError, SchemaError, SettingError, SystemUnavailable
 from crmsync.model import FieldSpec, FieldType, ObjectSpec
 
@@ -165,11 +167,9 @@ class _Checker:
             mpath = join_path(join_path(lpath, "match"), sfield)
             self.check_match(mpath, sfield, tfield, src, dst, src_name, dst_name)
         if link.filter is not None and src is not None:
-            for rel, msg in filters.criteria_problems(link.filter, replace(src, name=src_name)):
+            for rel, msg in criteria_problems(link.filter, replace(src, name=src_name)):
                 self.add(f"{lpath}.filter.{rel}", msg)
         if link.trigger is not None and src is not None:
-            from crmsync.engine.trigger import trigger_problems
-
             for rel, msg in trigger_problems(link.trigger.when, replace(src, name=src_name)):
                 self.add(f"{lpath}.trigger.when.{rel}", msg)
         if link.create and dst is not None:

@@ -1,6 +1,7 @@
+# Over 500 lines: one story (server, seed, sync, edit, read back), read top to bottom.
 """The Tryton demo: a sample ERP (SQLite) mirrored into a real Tryton CRM by the real CLI.
 
-Run ``python -m crmsync.demo_tryton`` in a folder of its own (``make
+Run ``python -m crmsync.demo.tryton`` in a folder of its own (``make
 demo-tryton`` uses ``demo-tryton/``). It builds a Tryton database with
 ``trytond-admin`` (admin password from a generated file, never shown) and
 bootstraps it over JSON-RPC, once: later runs copy that template. Each run then
@@ -34,9 +35,9 @@ from rich.console import Console
 from rich.table import Table
 
 from crmsync.connectors.tryton_rpc import TrytonRPC
-from crmsync.demo import apply_common_edits, build_erp, fmt_ts, run_cli, utcnow
+from crmsync.demo.sqlite import apply_common_edits, build_erp, fmt_ts, run_cli, utcnow
 from crmsync.errors import CrmsyncError
-from crmsync.tryton_local import (
+from crmsync.testing.tryton import (
     DATABASE,
     TrytonProcess,
     build_template,
@@ -490,7 +491,7 @@ def demo(folder: Path, venv: Path, customers: int, seed: int, console: Console) 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m crmsync.demo_tryton", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m crmsync.demo.tryton", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--customers", type=int, default=DEFAULT_CUSTOMERS,
                         help="number of ERP customers (default %(default)s)")

@@ -9,16 +9,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from crmsync.cli.common import ConfigOpt, err, load, out, refuse_if_invalid
 from crmsync.config.models import Config
 from crmsync.config.secrets import redact
+from crmsync.errors import UnknownLink
 from crmsync.state.store import StateStore, utcnow
-
-ConfigOpt = Annotated[Path, typer.Option("-c", "--config", help="config file")]
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
 
 token_app = typer.Typer(help="API tokens (admin or viewer).", no_args_is_help=True)
 
@@ -31,11 +28,13 @@ def _state(
 ) -> Iterator[tuple[Config, StateStore]]:
     """The config and its state database. An unknown ``link`` is refused first (exit 2),
     so a mistyped command never creates a state file; ``readonly`` creates none at all."""
-    from crmsync.cli import _load
+    from crmsync.engine.status import require_link
 
-    config = _load(path)  # a broken file: its problems, exit 2
-    if link is not None and link not in config.links:
-        raise _fail(f"no link named {link!r} (links: {', '.join(config.links)})", 2)
+    config = load(path)  # a broken file: its problems, exit 2
+    try:
+        require_link(config, link)
+    except UnknownLink as exc:
+        raise _fail(exc.user_message, 2) from None
     state = StateStore(config.state, readonly=readonly)
     try:
         state.migrate()
@@ -164,21 +163,14 @@ def status(
     link: Annotated[str | None, typer.Option("--link", help="only this link")] = None,
 ) -> None:
     """Links, queue depth, oldest waiting message, last run; systems and quotas."""
+    from crmsync.engine.quota import QuotaGuard
+    from crmsync.engine.status import link_statuses
+
     # Read-only: looking never creates a state database (a mistyped `state:` path).
     with _state(config, link=link, readonly=True) as (cfg, state):
-        states = state.link_states()
-        with state.connect() as c:
-            counts = state.queue_counts_by_link(c)
-            oldest = state.oldest_waiting(c)
-            paused = state.waiting_unreachable(c)
-            last = state.last_runs(c)
-        from crmsync.engine.quota import QuotaGuard
-
         guard = QuotaGuard(cfg, state, utcnow)
+        links = link_statuses(cfg, state, guard, link)
         quotas = {q.system: q for q in guard.all()}
-        waits = guard.link_waits(
-            cfg, {name: q.get("pending", 0) for name, q in counts.items()}
-        )
     now = utcnow()
     t = Table(title="links")
     t.add_column("link", no_wrap=True)
@@ -187,38 +179,35 @@ def status(
     for col in ("pending", "running", "failed"):
         t.add_column(col, justify="right")
     t.add_column("oldest waiting", justify="right")
-    for name, lc in cfg.links.items():
-        if link is not None and name != link:
-            continue
-        override = states.get(name, {}).get("enabled")
-        enabled = lc.enabled if override is None else bool(override)
-        q = counts.get(name, {})
+    for st in links:
+        queue = st.queue
         t.add_row(
-            name,
-            ("yes" if enabled else "no") + (" (switched)" if override is not None else "")
-            + (", paused" if name in paused else "")
-            + (", waiting for quota" if name in waits else ""),
-            lc.schedule or "on demand",
-            str(q.get("pending", 0)),
-            str(q.get("running", 0)),
-            str(q.get("failed", 0)),
-            _age(oldest.get(name), now),
+            st.name,
+            ("yes" if st.enabled else "no") + (" (switched)" if st.switched else "")
+            + (", paused" if st.paused else "")
+            + (", waiting for quota" if st.quota_wait else ""),
+            cfg.links[st.name].schedule or "on demand",
+            str(queue.get("pending", 0)),
+            str(queue.get("running", 0)),
+            str(queue.get("failed", 0)),
+            _age(st.oldest_waiting_at, now),
         )
     out.print(t)
-    for name, (n, why) in sorted(paused.items()):
-        if link is None or name == link:
-            out.print(f"paused: {name}: {n} message(s) wait, attempts unspent — {redact(why)}",
+    for st in sorted(links, key=lambda st: st.name):
+        if st.paused:
+            n, why = st.paused
+            out.print(f"paused: {st.name}: {n} message(s) wait, attempts unspent — {redact(why)}",
                       markup=False, soft_wrap=True)
-    for name, (n, until, system) in sorted(waits.items()):
-        if link is None or name == link:
+    for st in sorted(links, key=lambda st: st.name):
+        if st.quota_wait:
+            n, until, system = st.quota_wait
             out.print(
-                f"waiting for quota: {name}: {n} message(s) wait for {system} until "
+                f"waiting for quota: {st.name}: {n} message(s) wait for {system} until "
                 f"{_when(until)} UTC", markup=False, soft_wrap=True,
             )
     out.print("last run:", markup=False)
-    for name in cfg.links:
-        if link is None or name == link:
-            out.print("  " + _last_run(name, last.get(name)), markup=False, soft_wrap=True)
+    for st in links:
+        out.print("  " + _last_run(st.name, st.last_run), markup=False, soft_wrap=True)
     s = Table(title="systems")
     for col in ("system", "connector", "quota", "used", "remaining", "resets at (UTC)"):
         s.add_column(col)
@@ -265,11 +254,9 @@ def erase(
         raise _fail(str(exc), 2) from None
     if not by.strip() or len(by) > 128:
         raise _fail("--by must be 1 to 128 characters", 2)
-    from crmsync.cli import _refuse_if_invalid
-
     # A refused password or a mistyped SQLite path is a config problem (exit 2), not
     # "unreachable, run again" (3); a system that is down is still tolerated here.
-    _refuse_if_invalid(config)
+    refuse_if_invalid(config)
     with _state(config) as (cfg, state):
         try:
             group = linked_records(cfg, state, ref)

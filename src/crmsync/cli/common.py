@@ -1,0 +1,172 @@
+"""What every command shares: the consoles, loading the config, the live check
+before a run, opening the engine, and how errors and field changes are printed."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from crmsync.config.models import Config
+from crmsync.errors import EXIT_CONFIG, EXIT_FAILED, EXIT_UNREACHABLE, ConfigError, UnknownLink
+
+ConfigOpt = Annotated[Path, typer.Option("-c", "--config", help="config file", show_default=True)]
+LinkOpt = Annotated[str | None, typer.Option("--link", help="only this link")]
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+
+def redact(text: str) -> str:
+    # Imported late: `crmsync --help` must not load the config machinery.
+    from crmsync.config.secrets import redact
+
+    return redact(text)
+
+
+def fail(message: str, code: int = EXIT_FAILED) -> typer.Exit:
+    """Print ``error: message`` (redacted) and return the exit to raise."""
+    err.print(f"[red]error:[/red] {redact(message)}", markup=True, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def load(path: Path) -> Config:
+    return load_with_lines(path)[0]
+
+
+# The source map of the config this process loaded: a SettingError found later
+# (a refused password, a missing SQLite file) is then reported as file:line key.
+_loaded: dict[str, Any] = {}
+
+
+def load_with_lines(path: Path) -> tuple[Config, Any]:
+    """The config and its source map; a broken file prints its problems, exit 2."""
+    from crmsync.config.loader import load_config_with_lines
+
+    try:
+        cfg, smap = load_config_with_lines(path)
+    except ConfigError as exc:
+        print_problems(exc.problems, "in the configuration")
+        raise typer.Exit(EXIT_CONFIG) from None
+    _loaded["smap"] = smap
+    return cfg, smap
+
+
+def print_problems(problems: list[tuple[str, str]], where: str) -> None:
+    for loc, msg in problems:
+        err.print(f"{loc}: {redact(msg)}", markup=False, soft_wrap=True)
+    err.print(f"{len(problems)} problem(s) {where}", markup=False)
+
+
+def setting_location(key: str) -> str:
+    smap = _loaded.get("smap")
+    return smap.locate(key) if smap is not None else key
+
+
+@contextmanager
+def open_engine(path: Path, *, readonly: bool = False) -> Iterator[Any]:
+    """Load config, connect systems and state, compile links; close all on exit."""
+    from crmsync.connectors import build_connectors
+    from crmsync.engine.runner import Engine
+    from crmsync.state.store import StateStore
+
+    config = load(path)
+    state = StateStore(config.state, readonly=readonly)
+    connectors = build_connectors(config, state)
+    try:
+        state.migrate()
+        yield Engine(config, state, connectors)
+    finally:
+        state.close()
+        for c in connectors.values():
+            c.close()
+
+
+def live_problems(
+    config: Config, path: Path, smap: Any, *, unreachable_ok: bool = False
+) -> list[tuple[str, str]]:
+    """Every problem of the config against the live systems (``crmsync check``)."""
+    from crmsync.connectors import build_connectors
+    from crmsync.engine.check import check_config
+    from crmsync.state.store import StateStore
+
+    # read-only: check writes nothing; push-only systems describe from config
+    state = StateStore(config.state, readonly=True)
+    try:
+        # Reach the state database now: a refused password or unknown database
+        # is reported against `state:` (exit 2), a server that is down exits 3.
+        state.version()
+    except BaseException:
+        state.close()
+        raise
+    connectors = build_connectors(config, state)
+    try:
+        return check_config(
+            config, connectors, str(path), smap.locate, unreachable_ok=unreachable_ok
+        )
+    finally:
+        for c in connectors.values():
+            c.close()
+        state.close()
+
+
+def refuse_if_invalid(config: Path) -> None:
+    """The checks made before anything runs (plan, sync, erase, serve, worker): a
+    broken config exits 2; a system that is down is no config problem, its links
+    pause (exit 3)."""
+    cfg, smap = load_with_lines(config)
+    problems = live_problems(cfg, config, smap, unreachable_ok=True)
+    if problems:
+        for loc, msg in problems:
+            err.print(f"{loc}: {redact(msg)}", markup=False, soft_wrap=True)
+        raise fail(
+            f"{len(problems)} problem(s) found; nothing was run (see: crmsync check)", EXIT_CONFIG
+        )
+
+
+def exit_code(reports: list[Any]) -> int:
+    """1 when a link failed or records failed, else 3 when a system was unreachable."""
+    if any(r.status == "error" or r.summary().get("failed", 0) for r in reports):
+        return EXIT_FAILED
+    if any(r.status == "paused" for r in reports):
+        return EXIT_UNREACHABLE
+    return 0
+
+
+def refuse_unknown_link(cfg: Config, link: str | None) -> None:
+    """``--link`` names a link of the config, or exit 2 listing them."""
+    from crmsync.engine.status import require_link
+
+    try:
+        require_link(cfg, link)
+    except UnknownLink as exc:
+        raise fail(f"--link: {exc.user_message}", EXIT_CONFIG) from None
+
+
+def fmt(v: Any) -> str:
+    if v is None:
+        return "∅"
+    return json.dumps(v, ensure_ascii=False) if not isinstance(v, str) else repr(v)
+
+
+def field_lines(fields: list[dict[str, Any]], *, all_fields: bool = False) -> list[str]:
+    """One line per field outcome: ``name: updated old -> new — reason``."""
+    lines = []
+    for f in fields:
+        st = f["status"]
+        if st == "unchanged" and not all_fields:
+            continue
+        side = f" ({f['side']})" if f.get("side") == "source" else ""
+        if st in ("updated", "conflict"):
+            line = f"{f['field']}{side}: {st} {fmt(f.get('old'))} -> {fmt(f.get('new'))}"
+        else:
+            line = f"{f['field']}{side}: {st}"
+        if f.get("reason"):
+            line += f" — {f['reason']}"
+        lines.append(line)
+    return lines
