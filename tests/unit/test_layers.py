@@ -50,9 +50,6 @@ PRIVATE = {"crmsync.state.schema": "state"}
 KNOWN = {
     # engine.convert moves down to crmsync/convert.py
     ("crmsync.connectors.webhook", "crmsync.engine.convert"),
-    # the quota and scheduler SQL moves into state/
-    ("crmsync.engine.quota", "crmsync.state.schema"),
-    ("crmsync.service.scheduler", "crmsync.state.schema"),
 }
 
 
