@@ -13,10 +13,10 @@ from crmsync.config.loader import join_path, sort_problems
 from crmsync.config.models import Config, ConflictPolicy, Direction, LinkConfig, SetAction
 from crmsync.config.secrets import redact
 from crmsync.connectors.base import Connector
+from crmsync.convert import ConversionError, compatible, converter, is_scalar
 
 # Module import, not names: engine.filters imports config.models, which runs this package.
 from crmsync.engine import filters
-from crmsync.engine.convert import ConversionError, compatible, converter, is_scalar
 from crmsync.errors import CrmsyncError, SchemaError, SettingError, SystemUnavailable
 from crmsync.model import FieldSpec, FieldType, ObjectSpec
 
