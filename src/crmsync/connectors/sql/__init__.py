@@ -1,0 +1,7 @@
+"""SQL connector: one database (SQLite, PostgreSQL, MariaDB/MySQL) via SQLAlchemy 2 Core."""
+
+from __future__ import annotations
+
+from crmsync.connectors.sql.connector import SqlConnector
+
+__all__ = ["SqlConnector"]
