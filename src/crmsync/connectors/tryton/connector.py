@@ -30,7 +30,7 @@ from typing import Any
 
 from crmsync.config.models import RefConfig, TrytonObjectConfig, TrytonSystemConfig
 from crmsync.connectors.base import Capabilities, ChangePage, Connector, Cursor, WriteResult
-from crmsync.connectors.tryton_rpc import TrytonError, TrytonRPC
+from crmsync.connectors.tryton.rpc import TrytonError, TrytonRPC
 from crmsync.errors import SchemaError, SettingError
 from crmsync.model import FieldSpec, FieldType, ObjectSpec, Record
 
