@@ -25,7 +25,7 @@ from webhooks.hookenv import Server, new_secret
 from crmsync.api.app import create_app
 from crmsync.api.auth import create_token
 from crmsync.config.secrets import clear_secrets
-from crmsync.connectors.tryton_rpc import TrytonRPC
+from crmsync.connectors.tryton import TrytonRPC
 from crmsync.engine.erase import erase
 from crmsync.model import RecordRef
 from crmsync.service.context import ServiceContext

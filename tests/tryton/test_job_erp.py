@@ -29,7 +29,7 @@ from typer.testing import CliRunner
 from crmsync.cli import app
 from crmsync.config.loader import load_config
 from crmsync.connectors import build_connectors
-from crmsync.connectors.tryton_rpc import TrytonRPC
+from crmsync.connectors.tryton import TrytonRPC
 from crmsync.engine.deeplinks import deep_links
 from crmsync.engine.runner import Engine, LinkReport
 from crmsync.model import RecordRef

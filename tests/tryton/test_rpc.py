@@ -12,7 +12,7 @@ from decimal import Decimal
 import pytest
 from trytonenv import TrytonServer
 
-from crmsync.connectors.tryton_rpc import TrytonError, TrytonRPC, dumps, loads
+from crmsync.connectors.tryton import TrytonError, TrytonRPC, dumps, loads
 from crmsync.errors import SystemUnavailable
 
 PARTY = "model.party.party."

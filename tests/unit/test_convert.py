@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from crmsync.engine.convert import (
+from crmsync.convert import (
     ConversionError,
     compatible,
     converter,

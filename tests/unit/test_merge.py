@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 
 from crmsync.config.models import ConflictPolicy, Direction
-from crmsync.engine.convert import identity, to_json
+from crmsync.convert import identity, to_json
 from crmsync.engine.merge import FieldPlan, create_values, merge
 from crmsync.model import FieldStatus
 

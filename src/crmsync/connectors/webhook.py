@@ -31,7 +31,7 @@ import sqlalchemy as sa
 
 from crmsync.config.models import PushedObjectConfig, WebhookSystemConfig
 from crmsync.connectors.base import Capabilities, ChangePage, Connector, Cursor, WriteResult
-from crmsync.engine.convert import (
+from crmsync.convert import (
     ConversionError,
     Convert,
     converter,

@@ -34,7 +34,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from crmsync.connectors.tryton_rpc import TrytonRPC
+from crmsync.connectors.tryton import TrytonRPC
 from crmsync.demo.sqlite import apply_common_edits, build_erp, fmt_ts, run_cli, utcnow
 from crmsync.errors import CrmsyncError
 from crmsync.testing.tryton import (

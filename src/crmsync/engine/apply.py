@@ -25,8 +25,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from crmsync.connectors.base import Connector
+from crmsync.convert import to_json
 from crmsync.engine.activity import activity_text
-from crmsync.engine.convert import to_json
 from crmsync.engine.link import CompiledLink
 from crmsync.engine.merge import create_values, merge
 from crmsync.engine.retry import RetryPolicy

@@ -16,7 +16,7 @@ from crmsync.config.loader import join_path, sort_problems
 from crmsync.config.models import Config, ConflictPolicy, Direction, LinkConfig, SetAction
 from crmsync.config.secrets import redact
 from crmsync.connectors.base import Connector
-from crmsync.engine.convert import ConversionError, compatible, converter, is_scalar
+from crmsync.convert import ConversionError, compatible, converter, is_scalar
 from crmsync.engine.filters import criteria_problems
 from crmsync.engine.trigger import trigger_problems
 from crmsync.errors import CrmsyncError, SchemaError, SettingError, SystemUnavailable

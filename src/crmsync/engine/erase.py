@@ -27,7 +27,7 @@ from typing import Any
 
 from crmsync.config.models import Config, LinkConfig
 from crmsync.connectors.base import Connector
-from crmsync.engine.convert import ConversionError, converter, equal, to_json
+from crmsync.convert import ConversionError, converter, equal, to_json
 from crmsync.engine.graph import linked_records, object_config
 from crmsync.errors import CrmsyncError, SystemUnavailable
 from crmsync.model import RecordRef

@@ -12,7 +12,7 @@ from decimal import Decimal
 from typing import Any
 
 from crmsync.config.models import AllOf, AnyOf, Condition, Criteria, Op
-from crmsync.engine.convert import ConversionError, converter
+from crmsync.convert import ConversionError, converter
 from crmsync.errors import ConfigError
 from crmsync.model import FieldSpec, FieldType, ObjectSpec
 

@@ -14,7 +14,7 @@ from crmsync.config.models import (
     ObjectConfig,
     SetAction,
 )
-from crmsync.engine.convert import converter, identity, to_json, value_mapper
+from crmsync.convert import converter, identity, to_json, value_mapper
 from crmsync.engine.filters import compile_criteria
 from crmsync.engine.merge import FieldPlan
 from crmsync.engine.trigger import Trigger, compile_trigger, trigger_fields

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from crmsync.config.models import ConflictPolicy, Direction
-from crmsync.engine.convert import to_json
+from crmsync.convert import to_json
 from crmsync.model import FieldOutcome, FieldStatus
 
 MISSING: Any = object()

@@ -33,8 +33,8 @@ from collections.abc import Callable
 from typing import Any
 
 from crmsync.config.models import AllOf, AnyOf, Condition, Criteria, Op
+from crmsync.convert import ConversionError, converter, to_json
 from crmsync.engine import filters
-from crmsync.engine.convert import ConversionError, converter, to_json
 from crmsync.model import FieldSpec, ObjectSpec
 
 # prev values (None: never seen), current values -> fires?

@@ -31,7 +31,7 @@ from types import TracebackType
 
 import httpx
 
-from crmsync.connectors.tryton_rpc import TrytonRPC
+from crmsync.connectors.tryton import TrytonRPC
 
 __all__ = [
     "ADMIN_EMAIL",

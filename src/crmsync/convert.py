@@ -1,3 +1,4 @@
+# Over 500 lines on purpose: one concept (a value's type: conversion, compatibility, JSON form).
 """Field value conversion, type compatibility and the canonical JSON form.
 
 ``converter`` runs for every mapped field of every record, so it builds one

@@ -1,0 +1,88 @@
+"""Reads on a SQL table: count, scan in key order, read by ids, find by a match field."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+from crmsync.connectors.sql.core import CHUNK, SqlCore
+from crmsync.connectors.sql.reflect import SqlObject
+from crmsync.errors import SchemaError
+from crmsync.model import Record
+
+
+class SqlRead(SqlCore):
+    """``count``, ``scan``, ``read`` and ``find`` of the SQL connector."""
+
+    def count(self, obj: str) -> int | None:
+        o = self._obj(obj)
+        stmt = o.stmt("count", lambda: sa.select(sa.func.count()).select_from(o.table))
+        # Not through _execute: that caches row processors for the object's
+        # own column list, which a one-column count must not set.
+        with self._errors.guard(), self._engine.connect() as conn:
+            return int(conn.execute(stmt).scalar_one())
+
+    def scan(self, obj: str, after_id: str | None, limit: int) -> list[Record]:
+        o = self._obj(obj)
+        key_col = o.key_col
+        if after_id is None:
+            stmt = o.stmt(
+                "scan0",
+                lambda: o.plain_select.order_by(key_col).limit(sa.bindparam("n", type_=sa.Integer)),
+            )
+            rows = self._fetch(o, stmt, {"n": limit})
+        else:
+            stmt = o.stmt(
+                "scan",
+                lambda: (
+                    o.plain_select.where(key_col > sa.bindparam("k"))
+                    .order_by(key_col)
+                    .limit(sa.bindparam("n", type_=sa.Integer))
+                ),
+            )
+            rows = self._fetch(o, stmt, {"n": limit, "k": o.key_conv(after_id)})
+        return self._records(o, rows)
+
+    def read(self, obj: str, ids: Sequence[str]) -> dict[str, Record]:
+        o = self._obj(obj)
+        keys = self._keys(o, ids)
+        if not keys:
+            return {}
+        return {r.id: r for r in self._records(o, self._in_query(o, o.key_col, keys))}
+
+    def find(self, obj: str, field_name: str, values: Sequence[Any]) -> list[Record]:
+        o = self._obj(obj)
+        if field_name not in o.table.c:
+            raise SchemaError(
+                "match",
+                f"column {field_name!r} not found in table {o.table.name!r}; "
+                f"columns: {', '.join(o.names)}",
+            )
+        vals = [v for v in dict.fromkeys(values) if v is not None]
+        if not vals:
+            return []
+        return self._records(o, self._in_query(o, o.table.c[field_name], vals))
+
+    def _keys(self, o: SqlObject, ids: Sequence[str]) -> list[Any]:
+        out = []
+        for i in ids:
+            try:
+                out.append(o.key_conv(i))
+            except (TypeError, ValueError):
+                continue  # cannot exist: absent from the result
+        return out
+
+    def _in_query(
+        self, o: SqlObject, col: sa.ColumnElement[Any], values: Sequence[Any]
+    ) -> list[Any]:
+        stmt = o.stmt(
+            ("in", col.name),
+            lambda: o.plain_select.where(col.in_(sa.bindparam("vals", expanding=True))),
+        )
+        rows: list[Any] = []
+        with self._errors.guard(), self._engine.connect() as conn:
+            for i in range(0, len(values), CHUNK):
+                rows.extend(self._execute(conn, o, stmt, {"vals": list(values[i : i + CHUNK])}))
+        return rows
