@@ -275,17 +275,9 @@ def test_write_reports_every_failure_per_item(subject: Subject) -> None:
     assert rid in conn.read(obj, [rid])
 
 
-def test_write_answers_ids_that_cannot_exist_per_item(
-    subject: Subject, request: pytest.FixtureRequest
-) -> None:
+def test_write_answers_ids_that_cannot_exist_per_item(subject: Subject) -> None:
     """Ids cross the boundary as text: one the key's type cannot hold is a
     record that does not exist (as ``read`` treats it), never an exception."""
-    if subject.label == "tryton":
-        request.applymarker(pytest.mark.xfail(
-            strict=True, raises=ValueError,
-            reason="TrytonConnector.write converts every update/delete id with int(): "
-            "one id that is not a number raises ValueError for the whole batch",
-        ))
     conn, obj, text = subject.connector, subject.obj, subject.roles.text
     ids = subject.seed(rows(subject, 2), None)
     res = conn.write(

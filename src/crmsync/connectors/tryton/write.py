@@ -82,6 +82,10 @@ class TrytonWrite(TrytonRead):
         contacts: dict[str, dict[str, Any]] = {}
         addresses: dict[str, dict[str, Any]] = {}
         for rid, values in updates:
+            if not str(rid).isdigit():
+                # Tryton ids are numbers: this one names no record (as read treats it).
+                res.errors[rid] = "record not found"
+                continue
             own, contact, address, related = self._split(o, values)
             if own:
                 own_args.extend([[int(rid)], own])
@@ -108,6 +112,10 @@ class TrytonWrite(TrytonRead):
             self._write_addresses(addresses, res)
         if related_todo:
             self._write_related(o, related_todo, res)
+        for d in deletes:
+            if not str(d).isdigit():
+                res.errors[d] = "record not found"
+        deletes = [d for d in deletes if str(d).isdigit()]
         if deletes:
             ids = [int(d) for d in deletes]
             try:
