@@ -1407,6 +1407,16 @@ class StateStore:
                 ],
             )
 
+    def run_logged_refs(self, c: sa.Connection, run_id: int, refs: Sequence[str]) -> set[str]:
+        """Which of the source refs already have an outcome logged by run ``run_id``
+        (``logged_in_run`` on the caller's connection: apply reads all in one)."""
+        o = S.outcomes
+        found: set[str] = set()
+        for chunk in _chunks(list(refs), 500):
+            q = sa.select(o.c.source_ref).where(o.c.run_id == run_id, o.c.source_ref.in_(chunk))
+            found.update(r[0] for r in c.execute(q))
+        return found
+
 IDENTITY_COLUMNS = (
     "link", "source_id", "target_id", "shadow", "source_version", "target_version",
     "deleted", "updated_at",
