@@ -62,6 +62,12 @@ class RecordRef:
     def __str__(self) -> str:
         return f"{self.system}.{self.object}:{self.id}"
 
+    @staticmethod
+    def prefix(system: str, object: str) -> str:
+        """``system.object:``: what every ref of one object starts with (a batch's
+        refs are this plus the id; state lookups take it)."""
+        return f"{system}.{object}:"
+
     @classmethod
     def parse(cls, text: str) -> RecordRef:
         """Parse ``SYSTEM.OBJECT:ID``; raises ValueError naming what was expected."""

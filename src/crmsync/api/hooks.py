@@ -41,6 +41,8 @@ from starlette.concurrency import run_in_threadpool
 
 from crmsync.config.models import WebhookSystemConfig
 from crmsync.connectors.webhook import PushRejected, WebhookConnector, parse_version
+from crmsync.engine.capture import links_reading, queue_records
+from crmsync.model import RecordRef, Side
 from crmsync.service.context import ServiceContext
 
 log = logging.getLogger("crmsync.hooks")
@@ -371,10 +373,11 @@ def _commit(
             st.add_webhook_delivery(c, hook.system, wid, now=now)
             touched: dict[str, dict[str, None]] = {}
             # GDPR: a record erased here is never taken in again, not even kept.
-            erased = st.erased_refs(c, [f"{hook.system}.{ch.object}:{ch.id}" for ch in changes])
-            for ch in changes:
+            refs = [str(RecordRef(hook.system, ch.object, str(ch.id))) for ch in changes]
+            erased = st.erased_refs(c, refs)
+            for ch, ref in zip(changes, refs, strict=True):
                 rid = str(ch.id)
-                if f"{hook.system}.{ch.object}:{rid}" in erased:
+                if ref in erased:
                     continue
                 if hook.connector is not None:
                     applied = hook.connector.push(
@@ -386,7 +389,7 @@ def _commit(
             queued = 0
             for obj, ids in touched.items():
                 for link, side in readers[obj]:
-                    queued += st.enqueue(c, link, side, [(rid, "upsert", None) for rid in ids])
+                    queued += queue_records(st, c, link, side, ids)
     except sa.exc.IntegrityError:
         with st.connect() as c:
             if st.webhook_delivery_seen(c, hook.system, wid):
@@ -399,19 +402,10 @@ def _commit(
     return len(changes), queued
 
 
-def _readers(ctx: ServiceContext, system: str, obj: str) -> list[tuple[str, str]]:
+def _readers(ctx: ServiceContext, system: str, obj: str) -> list[tuple[str, Side]]:
     """(link, side) of every enabled link that reads ``system.obj``.
 
     Enabled as the engine sees it (the runtime switch wins over the config): a
     disabled link's capture catches up from its cursor when it is switched on.
-    Deletes need no op of their own: apply reads the record and finds it gone.
     """
-    ref = f"{system}.{obj}"
-    out = []
-    for name in ctx.engine.link_names():
-        lc = ctx.config.links[name]
-        if lc.source == ref:
-            out.append((name, "source"))
-        if lc.target == ref and lc.reads_target:
-            out.append((name, "target"))
-    return out
+    return links_reading(ctx.config, ctx.engine.link_names(), system, obj)

@@ -481,8 +481,8 @@ def _record(
         if not sids and not tids:
             continue
         for sid, tid in state.identity_pairs(c, name, source_ids=sids, target_ids=tids):
-            sref = f"{lc.source}:{sid}"
-            tref = f"{lc.target}:{tid}"
+            sref = str(RecordRef(lc.source_system, lc.source_object, sid))
+            tref = str(RecordRef(lc.target_system, lc.target_object, tid))
             if (sref, tref) in already:
                 continue
             outcomes.append(

@@ -21,8 +21,9 @@ from typing import Any, Literal
 
 import sqlalchemy as sa
 
+from crmsync.engine.capture import queue_records
 from crmsync.engine.runner import Engine
-from crmsync.model import Record, Side
+from crmsync.model import Record, RecordRef, Side
 from crmsync.state.store import Identity, utcnow
 
 RequestStatus = Literal["queued", "skipped", "not found"]
@@ -72,14 +73,15 @@ def request_records(
         (lc.source_system, lc.source_object) if side is Side.SOURCE
         else (lc.target_system, lc.target_object)
     )
-    prefix = f"{system}.{obj}:"
-    sprefix, tprefix = f"{lc.source}:", f"{lc.target}:"
+    prefix = RecordRef.prefix(system, obj)
+    sprefix = RecordRef.prefix(lc.source_system, lc.source_object)
+    tprefix = RecordRef.prefix(lc.target_system, lc.target_object)
     ids = list(dict.fromkeys(ids))
     state = engine.state
     out: dict[str, RecordRequest] = {}
 
     def put(rid: str, status: RequestStatus, reason: str | None = None) -> None:
-        out[rid] = RecordRequest(name, side, prefix + rid, rid, status, reason)
+        out[rid] = RecordRequest(name, side, str(RecordRef(system, obj, rid)), rid, status, reason)
 
     with state.connect() as c:
         erased = state.erased_refs(c, [prefix + i for i in ids])
@@ -158,7 +160,8 @@ def _commit(
     now: datetime,
     on_commit: Callable[[sa.Connection, list[RecordRequest]], None] | None,
 ) -> None:
-    """Queue the queued ones and log every outcome, in one state transaction."""
+    """Queue the queued ones (through capture, the one producer of messages) and
+    log every outcome, in one state transaction."""
     state = engine.state
     at = state.ts(now)
     rows = []
@@ -184,7 +187,7 @@ def _commit(
             by_side.setdefault((r.link, r.side), []).append(r.id)
     with state.begin() as c:
         for (link, side), rids in by_side.items():
-            state.enqueue(c, link, side.value, [(i, "upsert", None) for i in rids], now=now)
+            queue_records(state, c, link, side, rids, now=now)
         state.add_outcomes(c, rows)
         if on_commit is not None:
             on_commit(c, results)

@@ -7,9 +7,9 @@ capture -> queue -> apply:
   with the identities it produced, so a killed run resumes at the page it was
   in. Before the scan starts the incremental cursor is placed at the current
   high-water mark, so nothing changed during the scan is missed.
-* Later runs capture: each page of changes since the cursor is queued in the
-  same state transaction that advances the cursor. A lookback overlap is
-  queued again and found unchanged by apply (no write).
+* Later runs capture (``engine.capture``): each page of changes since the
+  cursor is queued in the same state transaction that advances the cursor. A
+  lookback overlap is queued again and found unchanged by apply (no write).
 * Draining claims due messages (one per record), applies them, and finishes
   them in the apply's transaction.
 * Quotas: before every page and batch the calls made so far are counted
@@ -31,14 +31,16 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from crmsync.config.models import Config, LinkConfig
+from crmsync.config.models import Config
 from crmsync.connectors.base import Connector
-from crmsync.engine.apply import Applier, BatchResult, RunTally, WorkItem
+from crmsync.engine.apply import Applier
+from crmsync.engine.capture import Capture
 from crmsync.engine.lease import local_owner_gone, make_worker_id
 from crmsync.engine.link import CompiledLink, compile_link
 from crmsync.engine.quota import QuotaGuard, QuotaMeter, QuotaWait
 from crmsync.engine.retry import RetryPolicy
 from crmsync.engine.status import enabled_links, require_link
+from crmsync.engine.tally import BatchResult, RunTally, WorkItem
 from crmsync.errors import SystemUnavailable
 from crmsync.model import Action, Outcome, Side
 from crmsync.state.store import UNREACHABLE, StateStore, utcnow
@@ -113,6 +115,7 @@ class Engine:
         self.config = config
         self.state = state
         self.connectors = connectors
+        self.capture = Capture(config, state)
         self.retry = retry or RetryPolicy()
         self.progress = progress or (lambda *a: None)
         self._compiled: dict[str, CompiledLink] = {}
@@ -223,7 +226,7 @@ class Engine:
                 if not migrating and not dry_run:
                     # The other side may answer: its changes are queued now and
                     # wait durably for the one that is down.
-                    self._capture(name, lc, src, Side.SOURCE, report, run_id)
+                    self._capture(name, src, Side.SOURCE, report, run_id)
                 raise
             applier = Applier(
                 link,
@@ -243,9 +246,9 @@ class Engine:
                 if not migrating:
                     self._plan_changes(link, src, tgt, applier, report, max_samples)
             else:
-                self._capture(name, lc, src, Side.SOURCE, report, run_id)
+                self._capture(name, src, Side.SOURCE, report, run_id)
                 if lc.reads_target:
-                    self._capture(name, lc, tgt, Side.TARGET, report, run_id)
+                    self._capture(name, tgt, Side.TARGET, report, run_id)
                 self._drain(link, applier, report, max_samples)
         except QuotaWait as exc:
             report.status = "waiting"
@@ -313,9 +316,9 @@ class Engine:
                 link = self.compiled(name)
                 applier = self.applier(name, run_id)
                 self._migrate(link, src, tgt, applier, report, False, False, 0)
-            self._capture(name, lc, src, Side.SOURCE, report, run_id)
+            self._capture(name, src, Side.SOURCE, report, run_id)
             if lc.reads_target:
-                self._capture(name, lc, tgt, Side.TARGET, report, run_id)
+                self._capture(name, tgt, Side.TARGET, report, run_id)
         except QuotaWait as exc:
             report.status = "waiting"
             report.error = exc.user_message
@@ -349,18 +352,9 @@ class Engine:
             if not dry_run:
                 # Position the incremental cursors before the scan reads anything.
                 with self.state.begin() as c:
-                    for side, conn, obj in self._capture_sides(link, src, tgt):
-                        if (
-                            full
-                            or self.state.get_cursor(c, name, side.value, "incremental") is None
-                        ):
-                            self.state.set_cursor(
-                                c,
-                                name,
-                                side.value,
-                                "incremental",
-                                {"cursor": conn.start_cursor(obj)},
-                            )
+                    self.capture.place_cursors(
+                        c, name, self._capture_sides(link, src, tgt), full=full
+                    )
                     self.state.set_cursor(c, name, Side.SOURCE.value, "migration", mig)
         after = mig.get("after")
         done = 0
@@ -410,102 +404,19 @@ class Engine:
             sides.append((Side.TARGET, tgt, link.config.target_object))
         return sides
 
-    def _lookback(self, lc: LinkConfig, side: Side) -> float:
-        sysname = lc.source_system if side is Side.SOURCE else lc.target_system
-        objname = lc.source_object if side is Side.SOURCE else lc.target_object
-        obj = self.config.systems[sysname].objects.get(objname)
-        return float(getattr(obj, "lookback", 0.0)) if obj else 0.0
-
     def _capture(
-        self,
-        name: str,
-        lc: LinkConfig,
-        conn: Connector,
-        side: Side,
-        report: LinkReport,
-        run_id: int | None = None,
+        self, name: str, conn: Connector, side: Side, report: LinkReport, run_id: int | None
     ) -> None:
-        """Queue one side's changes since its cursor.
-
-        Needs only the link's config and that side's system: changes keep being
-        captured durably while the other system is down.
-        """
-        obj = lc.source_object if side is Side.SOURCE else lc.target_object
-        lookback = self._lookback(lc, side)
-        with self.state.connect() as c:
-            saved = self.state.get_cursor(c, name, side.value, "incremental")
-        cursor = saved.get("cursor") if saved else None
-        captured = 0
-        # One budget check per capture, not per page: a capture stopped half-way
-        # would re-read its lookback overlap on every resume and could never finish.
-        self.quota_gate((lc.source_system if side is Side.SOURCE else lc.target_system,))
-        while True:
-            page = conn.read_changes(obj, cursor, lc.batch_size, lookback)
-            lookback = 0.0  # only the first page reaches back
-            recs = page.records
-            # Every captured row is queued, even one seen before at the same
-            # version: with coarse stamps (MariaDB DATETIME has whole seconds)
-            # an equal version does not prove an equal record. Apply is
-            # idempotent and quiet, so a re-read costs a read, never a write.
-            fresh = [(r.id, "upsert", None if r.version is None else str(r.version)) for r in recs]
-            if page.check_known:
-                fresh += [(rid, "upsert", None) for rid in self._gone(name, side, conn, obj)]
-            unreadable = page.unreadable
-            if unreadable and side is Side.SOURCE and report.tally.scanned:
-                # This run's migration scan has just logged these records: once per run.
-                prefix = f"{lc.source_system}.{lc.source_object}:"
-                met = report.tally.met(self.state, prefix, list(unreadable))
-                unreadable = {k: v for k, v in unreadable.items() if k not in met}
-            with self.state.begin() as c:
-                self.state.enqueue(c, name, side.value, fresh)
-                if unreadable:
-                    # Reported in the same transaction as the cursor that passes them.
-                    self.state.add_outcomes(
-                        c, self._unreadable_rows(name, lc, side, unreadable, run_id)
-                    )
-                if page.cursor is not None:
-                    self.state.set_cursor(
-                        c, name, side.value, "incremental", {"cursor": page.cursor}
-                    )
-            captured += len(fresh)
-            report.counts["skipped"] += len(unreadable)
-            cursor = page.cursor if page.cursor is not None else cursor
-            if not page.more:
-                break
-        report.counts["captured"] += captured
-
-    def _unreadable_rows(
-        self, name: str, lc: LinkConfig, side: Side, unreadable: dict[str, str], run_id: int | None
-    ) -> list[dict[str, Any]]:
-        """Log rows (status skipped) for rows whose updated_at cannot be read."""
-        system = lc.source_system if side is Side.SOURCE else lc.target_system
-        obj = lc.source_object if side is Side.SOURCE else lc.target_object
-        at = self.state.ts(utcnow())
-        return [
-            {
-                "run_id": run_id,
-                "link": name,
-                "source_ref": f"{system}.{obj}:{rid}" if side is Side.SOURCE else None,
-                "target_ref": f"{system}.{obj}:{rid}" if side is Side.TARGET else None,
-                "action": Action.SKIPPED.value,
-                "status": "skipped",
-                "fields": "[]",
-                "message": why,
-                "at": at,
-            }
-            for rid, why in unreadable.items()
-        ]
-
-    def _gone(self, name: str, side: Side, conn: Connector, obj: str) -> list[str]:
-        """Paired records of this side that no longer exist: queued, apply sees them gone."""
-        with self.state.connect() as c:
-            ids = self.state.live_ids(c, name, side.value)
-        gone: list[str] = []
-        for i in range(0, len(ids), 500):
-            chunk = ids[i : i + 500]
-            have = conn.existing(obj, chunk)
-            gone.extend(rid for rid in chunk if rid not in have)
-        return gone
+        """Queue one side's changes since its cursor (``Capture.poll``)."""
+        self.capture.poll(
+            name,
+            conn,
+            side,
+            gate=self.quota_gate,
+            counts=report.counts,
+            tally=report.tally,
+            run_id=run_id,
+        )
 
     def _drain(
         self, link: CompiledLink, applier: Applier, report: LinkReport, max_samples: int
@@ -591,22 +502,16 @@ class Engine:
         """Dry run of an incremental pass: waiting messages plus changes since the cursors."""
         name = link.name
         items: dict[tuple[Side, str], None] = {}
-        for side, conn, obj in self._capture_sides(link, src, tgt):
+        for side, conn, _obj in self._capture_sides(link, src, tgt):
             with self.state.connect() as c:
                 for rid in self.state.pending_ids(c, name, side.value):
                     items[(side, rid)] = None
                 saved = self.state.get_cursor(c, name, side.value, "incremental")
             cursor = saved.get("cursor") if saved else None
-            lookback = self._lookback(link.config, side)
-            while True:
-                page = conn.read_changes(obj, cursor, link.batch_size, lookback)
-                lookback = 0.0  # only the first page reaches back
+            for page in self.capture.pages(link.config, conn, side, cursor):
                 for r in page.records:
                     items[(side, r.id)] = None
                 report.counts["skipped"] += len(page.unreadable)
-                cursor = page.cursor if page.cursor is not None else cursor
-                if not page.more:
-                    break
         # A pair changed on both sides is one decision, as in a real run.
         tids = [rid for side, rid in items if side is Side.TARGET]
         with self.state.connect() as c:

@@ -99,16 +99,14 @@ class LogMixin(Database):
             r["fields"] = expand_fields(json.loads(r["fields"]))
         return rows
 
-    def logged_in_run(self, run_id: int, refs: Sequence[str]) -> set[str]:
-        """Which of the source refs already have an outcome logged by run ``run_id``."""
+    def run_logged_refs(self, c: sa.Connection, run_id: int, refs: Sequence[str]) -> set[str]:
+        """Which of the source refs already have an outcome logged by run ``run_id``
+        (on the caller's connection: apply gathers all it reads on one)."""
         o = S.outcomes
         found: set[str] = set()
-        with self.connect() as c:
-            for chunk in chunks(list(refs), 500):
-                q = sa.select(o.c.source_ref).where(
-                    o.c.run_id == run_id, o.c.source_ref.in_(chunk)
-                )
-                found.update(r[0] for r in c.execute(q))
+        for chunk in chunks(list(refs), 500):
+            q = sa.select(o.c.source_ref).where(o.c.run_id == run_id, o.c.source_ref.in_(chunk))
+            found.update(r[0] for r in c.execute(q))
         return found
 
     def runs(self, link: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
