@@ -341,7 +341,7 @@ def build_api_router(ctx: ServiceContext) -> APIRouter:
             raise HTTPException(
                 status.HTTP_404_NOT_FOUND, detail=f"system {system!r} has no object {object!r}"
             )
-        rows = ctx.state.outcomes(record=f"{system}.{object}:{id}", limit=limit)
+        rows = ctx.state.outcomes(record=str(RecordRef(system, object, id)), limit=limit)
         return [OutcomeOut(**{**r, "message": _opt(r["message"])}) for r in rows]
 
     @router.get(

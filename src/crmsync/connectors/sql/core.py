@@ -38,7 +38,7 @@ class SqlCore(Connector):
         self._cache: dict[str, SqlObject] = {}
         # Where config problems are reported: ``file:line systems.NAME.url``.
         self._url_key = f"systems.{name}.url"
-        from crmsync.config.loader import sql_url_problem
+        from crmsync.config.urls import sql_url_problem
 
         if (why := sql_url_problem(url)) is not None:
             raise SettingError(self._url_key, why)
