@@ -7,7 +7,7 @@
 - record the one record as failed and go on (a connector's per-record errors
   in ``WriteResult.errors``);
 - a person acts (``engine.erase.EraseError`` and kin,
-  ``engine.graph.UnknownRecordType``).
+  ``UnknownRecordType``).
 
 ``user_message`` is safe to show (no secrets, no internals); ``hint`` names
 the command to run when a person must act. ``str()`` is the message followed
@@ -155,3 +155,8 @@ def refused_connect(dialect: str, orig: BaseException | None) -> str | None:
         if "FATAL:" in text:  # refused at connect, not a statement's error
             return next((w for t, w in _PG_REFUSED if t in text), None)
     return None
+
+
+class UnknownRecordType(CrmsyncError):
+    """The system or object of a ref is not in the config: nothing to look up; a
+    person corrects the name (the message lists what exists)."""

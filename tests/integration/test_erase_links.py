@@ -22,8 +22,9 @@ from crmsync.connectors import build_connectors
 from crmsync.connectors.webhook import WebhookConnector
 from crmsync.engine.deeplinks import deep_links, record_url
 from crmsync.engine.erase import ERASED_ENTRY, NothingToAnonymize, erase
-from crmsync.engine.graph import UnknownRecordType, linked_records
+from crmsync.engine.graph import linked_records
 from crmsync.engine.runner import Engine
+from crmsync.errors import UnknownRecordType
 from crmsync.model import RecordRef
 from crmsync.state import schema as S
 from crmsync.state.store import StateStore, utcnow

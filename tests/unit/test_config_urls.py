@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from crmsync.config.loader import load_config_text, sql_url_problem
+from crmsync.config.loader import load_config_text
+from crmsync.config.urls import sql_url_problem
 from crmsync.errors import ConfigError
 
 TEXT = """\

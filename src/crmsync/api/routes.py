@@ -41,10 +41,10 @@ from crmsync.config.models import NAME_RE
 from crmsync.config.secrets import redact
 from crmsync.engine.deeplinks import deep_links
 from crmsync.engine.erase import EraseError, EraseRefused, RecordNotFound, erase
-from crmsync.engine.graph import UnknownRecordType, object_config
+from crmsync.engine.graph import object_config
 from crmsync.engine.requests import request_records
 from crmsync.engine.status import link_statuses, require_link
-from crmsync.errors import SystemUnavailable, UnknownLink
+from crmsync.errors import SystemUnavailable, UnknownLink, UnknownRecordType
 from crmsync.model import RecordRef, Side
 from crmsync.service.context import ServiceContext
 
@@ -341,7 +341,7 @@ def build_api_router(ctx: ServiceContext) -> APIRouter:
             raise HTTPException(
                 status.HTTP_404_NOT_FOUND, detail=f"system {system!r} has no object {object!r}"
             )
-        rows = ctx.state.outcomes(record=f"{system}.{object}:{id}", limit=limit)
+        rows = ctx.state.outcomes(record=str(RecordRef(system, object, id)), limit=limit)
         return [OutcomeOut(**{**r, "message": _opt(r["message"])}) for r in rows]
 
     @router.get(

@@ -245,7 +245,8 @@ def erase(
     from crmsync.connectors import build_connectors
     from crmsync.engine.erase import EraseError, EraseRefused, RecordNotFound, refuse_missing
     from crmsync.engine.erase import erase as run_erase
-    from crmsync.engine.graph import UnknownRecordType, linked_records
+    from crmsync.engine.graph import linked_records
+    from crmsync.errors import UnknownRecordType
     from crmsync.model import RecordRef
 
     try:

@@ -116,7 +116,7 @@ def open_record(
 ) -> None:
     """The record and every record paired with it, one per line with its URL (deep links)."""
     from crmsync.engine.deeplinks import deep_links
-    from crmsync.engine.graph import UnknownRecordType
+    from crmsync.errors import UnknownRecordType
     from crmsync.state.store import StateStore
 
     try:

@@ -39,7 +39,7 @@ from crmsync.convert import (
     to_json,
     value_key,
 )
-from crmsync.errors import SchemaError
+from crmsync.errors import SchemaError, UnknownRecordType
 from crmsync.model import FieldSpec, FieldType, ObjectSpec, Record
 from crmsync.state.store import StateStore, dumps, utcnow
 
@@ -111,7 +111,7 @@ class WebhookConnector(Connector):
     def _ocfg(self, obj: str) -> PushedObjectConfig:
         ocfg = self.cfg.objects.get(obj)
         if ocfg is None:
-            raise KeyError(f"object {obj!r} is not configured for system {self.name!r}")
+            raise UnknownRecordType(f"system {self.name!r} has no object {obj!r}")
         return ocfg
 
     def describe(self, obj: str) -> ObjectSpec:

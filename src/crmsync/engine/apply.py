@@ -15,6 +15,9 @@ A crash after 3 and before 4 leaves the messages (or the scan position)
 where they were, so the batch runs again: updates rewrite the same values
 (the merge then finds both sides equal), and creates are found again by the
 link's match keys instead of being made twice.
+
+Over 500 lines on purpose: the four steps of a batch share one set of pending writes;
+the pure decisions live in decide.py.
 """
 
 from __future__ import annotations

@@ -12,13 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 from crmsync.config.models import Config
-from crmsync.errors import CrmsyncError
+from crmsync.errors import UnknownRecordType
 from crmsync.model import RecordRef
 from crmsync.state.store import StateStore
-
-
-class UnknownRecordType(CrmsyncError):
-    """The system or object of a ref is not in the config: nothing to look up."""
 
 
 def object_config(config: Config, system: str, obj: str) -> Any:

@@ -19,6 +19,9 @@ capture -> queue -> apply:
 
 A dry run (``plan``) does the same reads and decisions and writes nothing,
 neither to the systems nor to the state database.
+
+Over 500 lines on purpose: a run is one sequence (gate, migrate, capture, drain, report);
+capture and apply themselves live in capture.py and apply.py.
 """
 
 from __future__ import annotations

@@ -67,7 +67,7 @@ class Database:
 
     # -- opening -----------------------------------------------------------
     def _open(self, url: str, readonly: bool) -> sa.Engine:
-        from crmsync.config.loader import sql_url_problem
+        from crmsync.config.urls import sql_url_problem
 
         if (why := sql_url_problem(url)) is not None:
             raise SettingError("state", f"state database: {why}")

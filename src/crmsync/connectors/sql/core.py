@@ -20,7 +20,7 @@ from crmsync.connectors.base import Connector
 from crmsync.connectors.sql.errors import DriverErrors, first_line
 from crmsync.connectors.sql.reflect import SqlObject, reflect
 from crmsync.connectors.sql.types import lenient, lenient_loaders
-from crmsync.errors import SettingError
+from crmsync.errors import SettingError, UnknownRecordType
 from crmsync.model import ObjectSpec, Record
 
 # Rows per IN list / per multi-row statement: well under every backend's bind limit.
@@ -38,7 +38,7 @@ class SqlCore(Connector):
         self._cache: dict[str, SqlObject] = {}
         # Where config problems are reported: ``file:line systems.NAME.url``.
         self._url_key = f"systems.{name}.url"
-        from crmsync.config.loader import sql_url_problem
+        from crmsync.config.urls import sql_url_problem
 
         if (why := sql_url_problem(url)) is not None:
             raise SettingError(self._url_key, why)
@@ -123,7 +123,7 @@ class SqlCore(Connector):
     def _reflect(self, obj: str) -> SqlObject:
         cfg = self._objects.get(obj)
         if cfg is None:
-            raise KeyError(f"object {obj!r} is not configured for system {self.name!r}")
+            raise UnknownRecordType(f"system {self.name!r} has no object {obj!r}")
         return reflect(self._engine, self._dialect, obj, cfg)
 
     # -- rows ------------------------------------------------------------
