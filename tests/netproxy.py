@@ -54,7 +54,15 @@ class Proxy:
                 client, _ = srv.accept()
             except OSError:
                 return
-            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=10)
+                upstream.settimeout(None)
+            except OSError:
+                # The server did not take this one: drop the client (it sees a closed
+                # connection and retries) and keep accepting; a dead accept thread
+                # would leave every later client waiting for a greeting forever.
+                client.close()
+                continue
             with self._lock:
                 self._conns += [client, upstream]
             for a, b, d in ((client, upstream, self.delay), (upstream, client, 0.0)):
