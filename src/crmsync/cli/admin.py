@@ -6,16 +6,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
 from crmsync.cli.common import ConfigOpt, err, load, out, refuse_if_invalid
-from crmsync.config.models import Config
 from crmsync.config.secrets import redact
 from crmsync.errors import UnknownLink
-from crmsync.state.store import StateStore, utcnow
+
+if TYPE_CHECKING:
+    from crmsync.config.models import Config
+    from crmsync.state.store import StateStore
 
 token_app = typer.Typer(help="API tokens (admin or viewer).", no_args_is_help=True)
 
@@ -35,6 +37,8 @@ def _state(
         require_link(config, link)
     except UnknownLink as exc:
         raise _fail(exc.user_message, 2) from None
+    from crmsync.state.store import StateStore
+
     state = StateStore(config.state, readonly=readonly)
     try:
         state.migrate()
@@ -112,6 +116,7 @@ def retry(
     message_id: Annotated[int | None, typer.Option("--id", help="only this message")] = None,
 ) -> None:
     """Put failed messages back in the queue with their attempts reset."""
+    from crmsync.state.store import utcnow
     with _state(config, link=link) as (_, state):
         now = utcnow()
         with state.begin() as c:
@@ -165,6 +170,7 @@ def status(
     """Links, queue depth, oldest waiting message, last run; systems and quotas."""
     from crmsync.engine.quota import QuotaGuard
     from crmsync.engine.status import link_statuses
+    from crmsync.state.store import utcnow
 
     # Read-only: looking never creates a state database (a mistyped `state:` path).
     with _state(config, link=link, readonly=True) as (cfg, state):
@@ -248,6 +254,7 @@ def erase(
     from crmsync.engine.graph import linked_records
     from crmsync.errors import UnknownRecordType
     from crmsync.model import RecordRef
+    from crmsync.state.store import utcnow
 
     try:
         ref = RecordRef.parse(record)

@@ -7,13 +7,15 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 
-from crmsync.config.models import Config
 from crmsync.errors import EXIT_CONFIG, EXIT_FAILED, EXIT_UNREACHABLE, ConfigError, UnknownLink
+
+if TYPE_CHECKING:
+    from crmsync.config.models import Config
 
 ConfigOpt = Annotated[Path, typer.Option("-c", "--config", help="config file", show_default=True)]
 LinkOpt = Annotated[str | None, typer.Option("--link", help="only this link")]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -18,9 +18,11 @@ from crmsync.cli.common import (
     out,
     refuse_unknown_link,
 )
-from crmsync.config.models import Config
 from crmsync.errors import EXIT_CONFIG
 from crmsync.model import REQUEST_ACTIONS, Action, RecordRef
+
+if TYPE_CHECKING:
+    from crmsync.config.models import Config
 
 # What `log --status` filters on: an outcome's status or its action (erasure
 # logs `erased`).
