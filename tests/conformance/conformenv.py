@@ -30,7 +30,7 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "tryton"))
 from dbs import fresh_database
-from trytonenv import TrytonServer, free_port, get_template
+from trytonenv import TrytonServer, free_port, get_template, serve_copy
 
 from crmsync.config.loader import load_config_text
 from crmsync.config.models import Config
@@ -249,17 +249,9 @@ def _tryton_text(url: str, database: str, user: str) -> str:
 def tryton_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrytonServer]:
     """One server for the module's Tryton tests (a start costs 1-2 s; tests share it),
     on a copy of the template the Tryton tests use (built once, then cached)."""
-    tryton_template = get_template()
     base = tmp_path_factory.mktemp("conformance-tryton")
-    db_dir = base / "db"
-    db_dir.mkdir()
-    tryton_template.copy_to(db_dir)
-    server = TrytonServer(db_dir=db_dir, log_path=base / "trytond.log", **tryton_template.ids)
-    server.start()
-    try:
+    with serve_copy(get_template(), base / "db", base / "trytond.log") as server:
         yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture(scope="module")

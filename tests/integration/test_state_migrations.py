@@ -17,6 +17,16 @@ from crmsync.state.store import StateStore
 SNAP = Path(__file__).parent / "state_snapshots" / "v1_sqlite.sql"
 
 
+
+def _assert_upgraded(st: StateStore) -> None:
+    """Upgrade ``st`` and check it then has the current version and every column."""
+    assert st.migrate() == S.SCHEMA_VERSION
+    assert st.version() == S.SCHEMA_VERSION
+    insp = sa.inspect(st.engine)
+    for t in S.metadata.tables.values():
+        cols = {c["name"] for c in insp.get_columns(t.name)}
+        assert cols == {c.name for c in t.columns}, t.name
+
 def test_upgrade_from_v1_keeps_data_and_reaches_current(tmp_path: Path) -> None:
     db = tmp_path / "state.db"
     with sqlite3.connect(db) as c:
@@ -30,12 +40,7 @@ def test_upgrade_from_v1_keeps_data_and_reaches_current(tmp_path: Path) -> None:
     st = StateStore(f"sqlite:///{db}")
     try:
         assert st.version() == 1
-        assert st.migrate() == S.SCHEMA_VERSION
-        assert st.version() == S.SCHEMA_VERSION
-        insp = sa.inspect(st.engine)
-        for t in S.metadata.tables.values():
-            cols = {c["name"] for c in insp.get_columns(t.name)}
-            assert cols == {c.name for c in t.columns}, t.name
+        _assert_upgraded(st)
         with st.begin() as c:
             (m,) = st.claim(c, "l", 10)
         assert m.record_id == "7"
@@ -179,12 +184,7 @@ def test_upgrade_keeps_data(backend: str, version: int, tmp_path: Path) -> None:
         st = StateStore(url)
         try:
             assert st.version() == version
-            assert st.migrate() == S.SCHEMA_VERSION
-            assert st.version() == S.SCHEMA_VERSION
-            insp = sa.inspect(st.engine)
-            for t in S.metadata.tables.values():
-                cols = {c["name"] for c in insp.get_columns(t.name)}
-                assert cols == {c.name for c in t.columns}, t.name
+            _assert_upgraded(st)
             _check_rows_kept(st, version)
             _check_store_reads(st, version)
             assert st.migrate() == S.SCHEMA_VERSION  # idempotent

@@ -173,15 +173,23 @@ def tryton_template() -> TrytonTemplate:
     return get_template()
 
 
-@pytest.fixture
-def tryton(tryton_template: TrytonTemplate, tmp_path: Path) -> Iterator[TrytonServer]:
-    """A fresh Tryton server on a copy of the template, stopped at teardown."""
-    db_dir = tmp_path / "tryton"
+@contextlib.contextmanager
+def serve_copy(
+    template: TrytonTemplate, db_dir: Path, log_path: Path
+) -> Iterator[TrytonServer]:
+    """A Tryton server on a fresh copy of ``template`` in ``db_dir``, stopped on exit."""
     db_dir.mkdir()
-    tryton_template.copy_to(db_dir)
-    server = TrytonServer(db_dir=db_dir, log_path=tmp_path / "trytond.log", **tryton_template.ids)
+    template.copy_to(db_dir)
+    server = TrytonServer(db_dir=db_dir, log_path=log_path, **template.ids)
     server.start()
     try:
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture
+def tryton(tryton_template: TrytonTemplate, tmp_path: Path) -> Iterator[TrytonServer]:
+    """A fresh Tryton server on a copy of the template, stopped at teardown."""
+    with serve_copy(tryton_template, tmp_path / "tryton", tmp_path / "trytond.log") as server:
+        yield server
