@@ -78,7 +78,16 @@ class Proxy:
         except OSError:
             pass
         finally:
+            # shutdown() before close(): the opposite pipe thread is blocked in
+            # recv() on one of these sockets, and a bare close() neither wakes it
+            # nor sends FIN while it does. The server would keep the session of a
+            # killed client open (PostgreSQL: idle in transaction, holding row
+            # locks every other worker then waits on forever).
             for s in (a, b):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
                 try:
                     s.close()
                 except OSError:
