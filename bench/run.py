@@ -2,15 +2,21 @@
 
 Figures (all through the real engine, SQLite -> SQLite, on this machine):
 
-* migrate_records_per_s      initial migration of ROWS 12-field records
+* migrate_records_per_s      initial migration of ROWS 12-field records (`crmsync sync`,
+                             the whole process: start-up, check, reflection, sync)
 * executemany_records_per_s  plain sqlite3 executemany insert of the same rows (the ceiling)
 * engine_vs_executemany      their ratio
 * peak_rss_mb                peak memory of the process that ran the migration
-* incremental_small_s        incremental run, CHANGES changes on a SMALL-row table
-* incremental_large_s        the same on a LARGE-row table
+* state_bytes_per_record     size of the state database after the migration / ROWS
+* incremental_small_s        `crmsync sync` after CHANGES changes on a SMALL-row link
+* incremental_large_s        the same on a LARGE-row link (whole process)
 * incremental_ratio          large / small (flat is the aim: cost follows changes)
+* noop_sync_large_s          `crmsync sync` again on the LARGE-row link, nothing changed
+* noop_requeued              records that no-op sync queued again (the lookback re-apply)
+* help_s                     `crmsync --help`, median of 5
 
-Each engine phase runs in its own subprocess so its peak memory is its own.
+Every figure is a whole `crmsync` process, timed from outside; peak memory is the
+child's own (wait4).
 Then bench/service.py adds the service figures (webhook latency, workers).
 Usage: python bench/run.py [--rows 200000] [--small 10000] [--large 1000000] [--changes 1000]
                            [--skip-service]
@@ -20,10 +26,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
-import resource
 import shutil
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -109,34 +116,35 @@ def ceiling(d: Path, n: int) -> float:
         return n / (time.perf_counter() - t0)
 
 
-def run_engine(d: Path) -> dict[str, float]:
-    """Run one `sync` in a child process; returns its timing and peak memory."""
-    out = subprocess.run(
-        [sys.executable, str(Path(__file__)), "--child", str(d)],
-        check=True, capture_output=True, text=True,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def child(d: Path) -> None:
-    from crmsync.config.loader import load_config
-    from crmsync.connectors import build_connectors
-    from crmsync.engine.runner import Engine
-    from crmsync.state.store import StateStore
-
-    config = load_config(d / "crmsync.yaml")
-    connectors = build_connectors(config)
-    state = StateStore(config.state)
-    state.migrate()
-    engine = Engine(config, state, connectors)
-    engine.compiled("customers")  # reflection is set-up, not sync work
+def cli(d: Path, *args: str) -> tuple[float, float]:
+    """Run `crmsync ARGS` in ``d`` as its own process: (wall seconds, peak RSS MB)."""
+    cmd = [sys.executable, "-m", "crmsync", *args]
     t0 = time.perf_counter()
-    (report,) = engine.sync()
+    p = subprocess.Popen(cmd, cwd=d, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(p.pid, 0)
     elapsed = time.perf_counter() - t0
-    assert report.status == "ok", report.error
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"seconds": elapsed, "peak_mb": peak_kb / 1024,
-                      "counts": dict(report.counts)}))
+    out = p.stdout.read().decode() if p.stdout else ""
+    err = p.stderr.read().decode() if p.stderr else ""
+    p.returncode = os.waitstatus_to_exitcode(status)
+    if p.returncode != 0:
+        raise SystemExit(f"crmsync {' '.join(args)} exited {p.returncode}:\n{out}\n{err}")
+    return elapsed, usage.ru_maxrss / 1024
+
+
+def last_counts(d: Path) -> dict[str, int]:
+    """The counts of the newest run, as `crmsync log` shows them."""
+    with sqlite3.connect(d / "state.db") as c:
+        (counts,) = c.execute("SELECT counts FROM crmsync_runs ORDER BY id DESC LIMIT 1").fetchone()
+    return json.loads(counts)
+
+
+def sync(d: Path) -> tuple[float, float, dict[str, int]]:
+    elapsed, peak = cli(d, "sync")
+    return elapsed, peak, last_counts(d)
+
+
+def state_bytes(d: Path) -> int:
+    return sum(f.stat().st_size for f in d.glob("state.db*"))
 
 
 def touch(d: Path, changes: int, total: int) -> None:
@@ -150,15 +158,18 @@ def touch(d: Path, changes: int, total: int) -> None:
         )
 
 
-def incremental(root: Path, rows: int, changes: int) -> float:
+def incremental(root: Path, rows: int, changes: int) -> tuple[float, float, int]:
+    """(seconds of the incremental sync, seconds of a no-op sync after it, records the
+    no-op sync queued again)."""
     d = root / f"inc{rows}"
     build(d, rows)
-    first = run_engine(d)
-    assert first["counts"].get("created") == rows, first
+    _, _, first = sync(d)
+    assert first.get("created") == rows, first
     touch(d, changes, rows)
-    r = run_engine(d)
-    assert r["counts"].get("updated") == changes, r
-    return r["seconds"]
+    seconds, _, counts = sync(d)
+    assert counts.get("updated") == changes, counts
+    noop, _, again = sync(d)
+    return seconds, noop, again.get("captured", 0)
 
 
 def main() -> None:
@@ -167,35 +178,35 @@ def main() -> None:
     ap.add_argument("--small", type=int, default=10_000)
     ap.add_argument("--large", type=int, default=1_000_000)
     ap.add_argument("--changes", type=int, default=1_000)
-    ap.add_argument("--child")
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
     ap.add_argument("--skip-service", action="store_true", help="do not run bench/service.py")
     a = ap.parse_args()
-    if a.child:
-        child(Path(a.child))
-        return
     root = Path(tempfile.mkdtemp(prefix="crmsync-bench-"))
     try:
         d = root / "migrate"
         build(d, a.rows)
-        r = run_engine(d)
-        assert r["counts"].get("created") == a.rows, r
-        engine_rps = a.rows / r["seconds"]
+        seconds, peak, counts = sync(d)
+        assert counts.get("created") == a.rows, counts
+        engine_rps = a.rows / seconds
         ceil_rps = ceiling(root, a.rows)
         print(f"rows: {a.rows}")
         print(f"migrate_records_per_s: {engine_rps:,.0f}")
         print(f"executemany_records_per_s: {ceil_rps:,.0f}")
         print(f"engine_vs_executemany: {engine_rps / ceil_rps:.3f}")
-        print(f"peak_rss_mb: {r['peak_mb']:.1f}")
+        print(f"peak_rss_mb: {peak:.1f}")
+        print(f"state_bytes_per_record: {state_bytes(d) / a.rows:,.0f}")
         sys.stdout.flush()
-        small = incremental(root, a.small, a.changes)
-        large = incremental(root, a.large, a.changes)
+        small, _, _ = incremental(root, a.small, a.changes)
+        large, noop, requeued = incremental(root, a.large, a.changes)
         print(f"incremental_small_rows: {a.small}")
         print(f"incremental_large_rows: {a.large}")
         print(f"incremental_changes: {a.changes}")
         print(f"incremental_small_s: {small:.3f}")
         print(f"incremental_large_s: {large:.3f}")
         print(f"incremental_ratio: {large / small:.2f}")
+        print(f"noop_sync_large_s: {noop:.3f}")
+        print(f"noop_requeued: {requeued}")
+        print(f"help_s: {statistics.median(cli(root, '--help')[0] for _ in range(5)):.3f}")
         if not a.skip_service:
             sys.stdout.flush()  # ours first: the child writes to the same stdout
             subprocess.run([sys.executable, str(HERE / "service.py")], check=True)
