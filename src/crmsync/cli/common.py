@@ -44,6 +44,12 @@ def load(path: Path) -> Config:
 # The source map of the config this process loaded: a SettingError found later
 # (a refused password, a missing SQLite file) is then reported as file:line key.
 _loaded: dict[str, Any] = {}
+# A command loads its config up to three times (link check, live check, engine):
+# parsed once per file version.
+_parsed: dict[tuple[str, int, int], tuple[Config, Any]] = {}
+# Connectors the live check before a run built and described, handed on to that
+# run's engine: each schema is reflected once per process.
+_checked: dict[str, dict[str, Any]] = {}
 
 
 def load_with_lines(path: Path) -> tuple[Config, Any]:
@@ -51,10 +57,20 @@ def load_with_lines(path: Path) -> tuple[Config, Any]:
     from crmsync.config.loader import load_config_with_lines
 
     try:
-        cfg, smap = load_config_with_lines(path)
-    except ConfigError as exc:
-        print_problems(exc.problems, "in the configuration")
-        raise typer.Exit(EXIT_CONFIG) from None
+        st = path.stat()
+        key: tuple[str, int, int] | None = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+    except OSError:
+        key = None  # the loader says what is wrong with the path
+    if key is not None and key in _parsed:
+        cfg, smap = _parsed[key]
+    else:
+        try:
+            cfg, smap = load_config_with_lines(path)
+        except ConfigError as exc:
+            print_problems(exc.problems, "in the configuration")
+            raise typer.Exit(EXIT_CONFIG) from None
+        if key is not None:
+            _parsed[key] = (cfg, smap)
     _loaded["smap"] = smap
     return cfg, smap
 
@@ -79,7 +95,7 @@ def open_engine(path: Path, *, readonly: bool = False) -> Iterator[Any]:
 
     config = load(path)
     state = StateStore(config.state, readonly=readonly)
-    connectors = build_connectors(config, state)
+    connectors = build_connectors(config, state, reuse=_checked.pop(str(path), None))
     try:
         state.migrate()
         yield Engine(config, state, connectors)
@@ -90,9 +106,18 @@ def open_engine(path: Path, *, readonly: bool = False) -> Iterator[Any]:
 
 
 def live_problems(
-    config: Config, path: Path, smap: Any, *, unreachable_ok: bool = False
+    config: Config,
+    path: Path,
+    smap: Any,
+    *,
+    unreachable_ok: bool = False,
+    keep: dict[str, Any] | None = None,
 ) -> list[tuple[str, str]]:
-    """Every problem of the config against the live systems (``crmsync check``)."""
+    """Every problem of the config against the live systems (``crmsync check``).
+
+    With ``keep`` and no problem, the connectors that hold no state (all but
+    push-only ones) go into ``keep`` instead of being closed, for the run.
+    """
     from crmsync.connectors import build_connectors
     from crmsync.engine.check import check_config
     from crmsync.state.store import StateStore
@@ -107,13 +132,18 @@ def live_problems(
         state.close()
         raise
     connectors = build_connectors(config, state)
+    problems: list[tuple[str, str]] = []
     try:
-        return check_config(
+        problems = check_config(
             config, connectors, str(path), smap.locate, unreachable_ok=unreachable_ok
         )
+        return problems
     finally:
-        for c in connectors.values():
-            c.close()
+        for name, c in connectors.items():
+            if keep is not None and not problems and config.systems[name].connector != "webhook":
+                keep[name] = c
+            else:
+                c.close()
         state.close()
 
 
@@ -122,7 +152,12 @@ def refuse_if_invalid(config: Path) -> None:
     broken config exits 2; a system that is down is no config problem, its links
     pause (exit 3)."""
     cfg, smap = load_with_lines(config)
-    problems = live_problems(cfg, config, smap, unreachable_ok=True)
+    # Left over from an earlier check in this process (not run): closed, not reused.
+    for c in _checked.pop(str(config), {}).values():
+        c.close()
+    keep: dict[str, Any] = {}
+    problems = live_problems(cfg, config, smap, unreachable_ok=True, keep=keep)
+    _checked[str(config)] = keep
     if problems:
         for loc, msg in problems:
             err.print(f"{loc}: {redact(msg)}", markup=False, soft_wrap=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from crmsync.config.models import Config
 from crmsync.connectors.base import Capabilities, ChangePage, Connector, Cursor, WriteResult
 from crmsync.state.store import StateStore
@@ -16,17 +18,25 @@ __all__ = [
 ]
 
 
-def build_connectors(config: Config, state: StateStore | None = None) -> dict[str, Connector]:
+def build_connectors(
+    config: Config,
+    state: StateStore | None = None,
+    reuse: Mapping[str, Connector] | None = None,
+) -> dict[str, Connector]:
     """One connector per configured system (connections open lazily).
 
     Push-only (``webhook``) systems keep their records in the state database,
-    so they need ``state``.
+    so they need ``state``. ``reuse`` hands over connectors already built (and
+    described) for the same config, e.g. by the check before a run, so each
+    schema is reflected once per process.
     """
     from crmsync.connectors.sql import SqlConnector
 
     out: dict[str, Connector] = {}
     for name, sys_cfg in config.systems.items():
-        if sys_cfg.connector == "sql":
+        if reuse is not None and name in reuse:
+            out[name] = reuse[name]
+        elif sys_cfg.connector == "sql":
             out[name] = SqlConnector(name, sys_cfg.url, sys_cfg.objects)
         elif sys_cfg.connector == "webhook":
             from crmsync.connectors.webhook import WebhookConnector

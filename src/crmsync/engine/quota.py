@@ -183,6 +183,10 @@ class QuotaMeter:
         self.guard = guard
         self.connectors = connectors
         self._local = threading.local()
+        # Calls made before the meter existed are the pre-run check's (the CLI hands
+        # its described connectors to the engine): not counted, as when the check
+        # had connectors of its own.
+        self._local.counted = {n: c.thread_calls() for n, c in connectors.items()}
 
     def settle(self) -> None:
         counted: dict[str, int] = self._local.__dict__.setdefault("counted", {})
