@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -89,6 +90,22 @@ class Record:
     id: str
     values: dict[str, Any]
     version: Any = None
+
+
+def applied_version(rec: Record | None) -> str | None:
+    """A record's version as a pair keeps it once applied: its change stamp and a
+    digest of its values.
+
+    The stamp alone does not prove an unchanged record where the column has
+    whole seconds (MariaDB DATETIME: two edits in one second share it); with
+    the digest, capture can pass over a record it re-reads through its
+    lookback when that exact state was applied already.
+    """
+    if rec is None or rec.version is None:
+        return None
+    # Keys are unique, so sorting never compares values of different types.
+    digest = zlib.crc32(repr(sorted(rec.values.items())).encode())
+    return f"{rec.version}#{digest:08x}"
 
 
 class ChangeOp(StrEnum):

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 from dbs import fresh_database
-from scenario import Scenario
+from scenario import Scenario, customers
 
 ACTIVE = 48  # seed(120): i % 5 < 2
 EXISTING = 20
@@ -146,3 +147,45 @@ def test_state_on_postgresql(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
             assert sc.crm_rows()["C00001"]["name"] == "Via PG state"
         finally:
             sc.close()
+
+
+def _erp_set(sc: Scenario, key: str, name: str, at: datetime) -> None:
+    with sc.erp.begin() as c:
+        c.execute(
+            customers.update()
+            .where(customers.c.customer_no == key)
+            .values(name=name, changed_at=at)
+        )
+
+
+def test_a_poll_does_not_queue_again_what_it_already_applied(sc: Scenario) -> None:
+    # The lookback re-reads the 2 s before the cursor on every poll; records whose
+    # pair applied that very state are passed over, not queued again. Stamps in
+    # the future keep the edits inside that window however slow the machine is.
+    sc.sync()
+    at = datetime(2030, 1, 1, 12, 0, 0)
+    keys = ["C00000", "C00001", "C00006"]
+    for k in keys:
+        _erp_set(sc, k, f"Edited {k}", at)
+    assert sc.sync().counts["updated"] == len(keys)
+    sc.sync()  # the CRM side re-reads its rows once: our own writes moved their stamps
+    for _ in range(2):
+        again = sc.sync()
+        assert again.counts["captured"] == 0, again.counts
+
+
+def test_an_edit_within_the_same_second_is_still_applied(sc: Scenario) -> None:
+    # Whole-second stamps (MariaDB DATETIME) give two edits in one second the
+    # same version: the values digest tells them apart, so the second edit is
+    # not taken for the state already applied.
+    sc.sync()
+    at = datetime(2030, 1, 1, 12, 0, 0)
+    _erp_set(sc, "C00001", "First edit", at)
+    assert sc.sync().counts["updated"] == 1
+    _erp_set(sc, "C00001", "Second edit", at)  # same stamp, other values
+    r = sc.sync()
+    assert r.counts["updated"] == 1, r.counts
+    assert sc.crm_rows()["C00001"]["name"] == "Second edit"
+    sc.sync()  # the CRM side's echo of our write
+    quiet = sc.sync()
+    assert quiet.counts["captured"] == 0, quiet.counts

@@ -6,8 +6,9 @@ Every message in the queue comes from one of these:
   by page, and queues each page in the same state transaction that advances
   the cursor: a killed capture resumes at the page it was in, and a committed
   cursor never passes a change that was not queued. The first page reaches
-  back ``lookback`` seconds (late commits with an older stamp); that overlap is
-  queued again and found unchanged by apply (no write). Rows whose change
+  back ``lookback`` seconds (late commits with an older stamp); of that overlap,
+  records whose pair already applied the same state (stamp and a digest of
+  the values, ``applied_version``) are not queued again. Rows whose change
   stamp cannot be read (the connector holds them in its cursor) are logged as
   ``skipped`` in that same transaction, once per stamp.
 * ``queue_records`` queues records named from outside, a webhook delivery or a
@@ -34,7 +35,7 @@ from crmsync.config.models import Config, LinkConfig
 from crmsync.connectors.base import ChangePage, Connector, Cursor
 from crmsync.engine.retry import RetryPolicy
 from crmsync.engine.tally import RunTally
-from crmsync.model import Action, RecordRef, Side
+from crmsync.model import Action, RecordRef, Side, applied_version
 from crmsync.state.store import StateStore, utcnow
 
 # gate(systems): counts the calls made so far; raises QuotaWait when one is spent.
@@ -177,13 +178,22 @@ class Capture:
         # One budget check per capture, not per page: a capture stopped half-way
         # would re-read its lookback overlap on every resume and could never finish.
         gate((system,))
+        overlap = self.lookback(lc, side) > 0
         for page in self.pages(lc, conn, side, cursor):
-            # Every captured row is queued, even one seen before at the same
-            # version: with coarse stamps (MariaDB DATETIME has whole seconds)
-            # an equal version does not prove an equal record. Apply is
-            # idempotent and quiet, so a re-read costs a read, never a write.
+            records = page.records
+            if overlap and records:
+                # The first page reaches back over changes queued before: a record
+                # whose pair applied this very state (stamp and values digest) is
+                # not queued again.
+                with self.state.connect() as c:
+                    done = self.state.applied_versions(
+                        c, name, side.value, [r.id for r in records]
+                    )
+                if done:
+                    records = [r for r in records if done.get(r.id) != applied_version(r)]
+            overlap = False  # only the first page reaches back
             fresh = [(r.id, "upsert", None if r.version is None else str(r.version))
-                     for r in page.records]
+                     for r in records]
             if page.check_known:
                 fresh += [(rid, "upsert", None) for rid in self._gone(name, side, conn, obj)]
             unreadable = page.unreadable

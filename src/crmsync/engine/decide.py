@@ -20,7 +20,15 @@ from typing import Any
 from crmsync.convert import to_json
 from crmsync.engine.link import CompiledLink
 from crmsync.engine.merge import MergeResult, create_values, merge
-from crmsync.model import Action, FieldOutcome, FieldStatus, Outcome, Record, RecordRef
+from crmsync.model import (
+    Action,
+    FieldOutcome,
+    FieldStatus,
+    Outcome,
+    Record,
+    RecordRef,
+    applied_version,
+)
 from crmsync.state.store import Identity
 
 # Shadow entry remembering which fields were refused and why, so a value that
@@ -177,7 +185,9 @@ def decide(
             # The same value was refused for the same reason last time:
             # nothing new to tell, so this pass is quiet.
             out.quiet = True
-        p = Pending(sid, tid, out, m.shadow, _v(rec.version), _v(trec.version), base=base)
+        p = Pending(
+            sid, tid, out, m.shadow, applied_version(rec), applied_version(trec), base=base
+        )
         if m.target_updates:
             d.target_updates.append((tid, m.target_updates))
             p.target_write = True
@@ -220,7 +230,7 @@ def _decide_create(
         return Pending(sid, None, out, None, None, None, save_identity=False)
     remember_rejections(shadow, fouts)
     out = Outcome(name, sid, None, Action.CREATED, fouts, created=shadow)
-    p = Pending(sid, None, out, shadow, _v(rec.version), None, create_index=len(d.creates))
+    p = Pending(sid, None, out, shadow, applied_version(rec), None, create_index=len(d.creates))
     d.creates.append(values)
     return p
 
@@ -244,7 +254,7 @@ def _decide_delete(
         decided.append(Pending(sid, None, out, None, None, None, save_identity=False))
         return
     tid = ident.target_id
-    version = _v(rec.version) if rec is not None else ident.source_version
+    version = applied_version(rec) if rec is not None else ident.source_version
     if link.on_delete == "ignore":
         out = Outcome(
             link.name,
@@ -455,10 +465,6 @@ def _not_synced(
     tid = ident.target_id if ident is not None else None
     out = Outcome(link, sid, tid, action, message=why)
     return Pending(sid, None, out, None, None, None, save_identity=False)
-
-
-def _v(version: Any) -> str | None:
-    return None if version is None else str(version)
 
 
 def _newer(a: Any, b: Any) -> bool | None:

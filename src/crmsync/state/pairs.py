@@ -75,6 +75,22 @@ class PairsMixin(Database):
         q = sa.select(col).where(i.c.link == link, i.c.deleted.is_(False), col.is_not(None))
         return [str(r[0]) for r in c.execute(q)]
 
+    def applied_versions(
+        self, c: sa.Connection, link: str, side: str, ids: Sequence[str]
+    ) -> dict[str, str]:
+        """Of ``ids`` on one side of ``link``, the version each pair last applied."""
+        t = S.identities
+        col, ver = (
+            (t.c.source_id, t.c.source_version)
+            if side == "source"
+            else (t.c.target_id, t.c.target_version)
+        )
+        out: dict[str, str] = {}
+        for chunk in chunks(list(ids), 500):
+            q = sa.select(col, ver).where(t.c.link == link, col.in_(chunk), ver.is_not(None))
+            out.update((str(r[0]), str(r[1])) for r in c.execute(q))
+        return out
+
     def identities_by_source(
         self, c: sa.Connection, link: str, ids: Sequence[str]
     ) -> dict[str, Identity]:
