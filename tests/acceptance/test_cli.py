@@ -76,6 +76,14 @@ def test_check_plan_sync_log(work: Path) -> None:
     assert r.returncode == 0 and ref in r.stdout
     r = cli(work, "log", "--record", "not-a-ref")
     assert r.returncode == 2 and "SYSTEM.OBJECT:ID" in r.stderr
+    # A typo in the system or object is refused naming what exists, not "no outcomes".
+    r = cli(work, "log", "--record", "erp.custmer:C1")
+    assert r.returncode == 2 and "customer" in r.stderr and "no outcomes" not in r.stdout
+    r = cli(work, "log", "--record", "epr.customer:C1")
+    assert r.returncode == 2 and "erp" in r.stderr
+    # A known object whose id has no history is simply that: nothing to show.
+    r = cli(work, "log", "--record", ref.rsplit(":", 1)[0] + ":NO-SUCH-ID")
+    assert r.returncode == 0 and "no outcomes match" in r.stdout
 
 
 def test_check_reports_key_paths_and_exits_non_zero(work: Path) -> None:

@@ -75,6 +75,11 @@ def log(
             r["at"] = r["at"].isoformat()
             out.print(json.dumps(r, ensure_ascii=False, default=str), markup=False, soft_wrap=True)
         return
+    if record is not None and not rows and not timeline:
+        # Nothing logged: a typo in the system or object is refused, naming what
+        # exists (a record of an object since removed from the config still shows
+        # its history above).
+        _refuse_unknown_object(cfg, RecordRef.parse(record))
     if timeline:
         _print_timeline(str(record), timeline)
     if not rows:
@@ -97,6 +102,16 @@ def log(
             "\n".join(lines),
         )
     out.print(t)
+
+
+def _refuse_unknown_object(cfg: Config, ref: RecordRef) -> None:
+    from crmsync.engine.graph import object_config
+    from crmsync.errors import UnknownRecordType
+
+    try:
+        object_config(cfg, ref.system, ref.object)
+    except UnknownRecordType as exc:
+        raise fail(f"--record: {exc.user_message}", EXIT_CONFIG) from None
 
 
 def _print_timeline(record: str, rows: list[dict[str, Any]]) -> None:
