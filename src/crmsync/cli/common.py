@@ -95,7 +95,7 @@ def open_engine(path: Path, *, readonly: bool = False) -> Iterator[Any]:
 
     config = load(path)
     state = StateStore(config.state, readonly=readonly)
-    connectors = build_connectors(config, state, reuse=_checked.pop(str(path), None))
+    connectors = build_connectors(config, state, reuse=checked_connectors(path))
     try:
         state.migrate()
         yield Engine(config, state, connectors)
@@ -145,6 +145,11 @@ def live_problems(
             else:
                 c.close()
         state.close()
+
+
+def checked_connectors(path: Path) -> dict[str, Any] | None:
+    """The connectors ``refuse_if_invalid`` described for ``path``, for the run to use."""
+    return _checked.pop(str(path), None)
 
 
 def refuse_if_invalid(config: Path) -> None:

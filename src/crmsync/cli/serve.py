@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from crmsync.cli.common import ConfigOpt, refuse_if_invalid
+from crmsync.cli.common import ConfigOpt, checked_connectors, refuse_if_invalid
 
 log = logging.getLogger("crmsync.service")
 
@@ -63,7 +63,7 @@ def serve(
     refuse_if_invalid(config)
     sock = _listen(host, port)  # before anything starts: a taken port is said plainly
     port = int(sock.getsockname()[1])
-    ctx = ServiceContext.open(config)
+    ctx = ServiceContext.open(config, reuse=checked_connectors(config))
     stop = threading.Event()
     threads = [
         threading.Thread(target=Scheduler(ctx).run, args=(stop,), name="scheduler", daemon=True)
@@ -110,7 +110,7 @@ def worker(config: ConfigOpt = Path("crmsync.yaml"), poll: PollOpt = 0.2) -> Non
 
     # A service must not start on a broken config (exit 2) and then fail every message.
     refuse_if_invalid(config)
-    ctx = ServiceContext.open(config)
+    ctx = ServiceContext.open(config, reuse=checked_connectors(config))
     stop = threading.Event()
     _stop_on_signals(stop)
     typer.echo(f"crmsync worker {ctx.engine.worker_id} started")

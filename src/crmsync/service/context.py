@@ -7,7 +7,7 @@ scheduler (no hidden globals), so tests can build one with their own clock.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -46,8 +46,14 @@ class ServiceContext:
 
     @classmethod
     def open(
-        cls, config_path: str | Path, *, clock: Callable[[], datetime] | None = None
+        cls,
+        config_path: str | Path,
+        *,
+        clock: Callable[[], datetime] | None = None,
+        reuse: Mapping[str, Connector] | None = None,
     ) -> ServiceContext:
+        """``reuse``: connectors the start-up check built and described (each
+        schema reflected once per process)."""
         from crmsync.config.loader import load_config
         from crmsync.connectors import build_connectors
 
@@ -55,7 +61,7 @@ class ServiceContext:
         config = load_config(path)
         state = StateStore(config.state)
         state.migrate()
-        connectors = build_connectors(config, state)
+        connectors = build_connectors(config, state, reuse=reuse)
         engine = Engine(config, state, connectors)
         return cls(path, config, state, connectors, engine, clock or utcnow)
 
