@@ -429,7 +429,7 @@ class Applier:
             for it in items
             if it.message_id is not None and it.message_id not in res.failed_messages
         ]
-        with self.state.begin() as c:
+        with self.state.begin(durable=False) as c:  # a lost commit re-runs the batch
             self.state.save_identities(c, name, identity_rows)
             # A record whose write failed keeps its old seen state, so it fires again.
             self.state.save_trigger_seen(

@@ -201,7 +201,7 @@ class Capture:
                 # This run's migration scan has just logged these records: once per run.
                 met = tally.met(self.state, RecordRef.prefix(system, obj), list(unreadable))
                 unreadable = {k: v for k, v in unreadable.items() if k not in met}
-            with self.state.begin() as c:
+            with self.state.begin(durable=False) as c:  # lost: captured again
                 self.state.enqueue(c, name, side.value, fresh)
                 if unreadable:
                     # Reported in the same transaction as the cursor that passes them.

@@ -440,7 +440,7 @@ class Engine:
     ) -> int:
         """Claim one batch of due messages, apply it, finish or release it; 0 when none."""
         name = link.name
-        with self.state.begin() as c:
+        with self.state.begin(durable=False) as c:  # a lost claim leaves them pending
             msgs = self.state.claim(
                 c,
                 name,

@@ -136,7 +136,7 @@ class Database:
                 # WAL lets readers (the API, `log`) run beside a writer; FULL
                 # syncs each commit so a committed message survives a crash.
                 cur.execute("PRAGMA journal_mode=WAL")
-                cur.execute("PRAGMA synchronous=FULL")
+                cur.execute("PRAGMA synchronous=FULL")  # per transaction: see begin()
             cur.execute("PRAGMA busy_timeout=30000")
             cur.close()
 
@@ -185,15 +185,39 @@ class Database:
         return int(v) if v is not None else 0
 
     @contextmanager
-    def begin(self) -> Iterator[sa.Connection]:
+    def begin(self, *, durable: bool = True) -> Iterator[sa.Connection]:
+        """A write transaction.
+
+        ``durable=False`` is for the engine's own steps that a crash makes it
+        repeat anyway — claiming a batch, recording an applied batch, queueing a
+        captured page: such a commit is not flushed to disk before it returns.
+        A killed process loses nothing either way (the commit is in the
+        database's log); only a power cut or OS crash may undo the last few,
+        and then the messages are still queued, the cursor still behind, and
+        the batch runs again (apply is idempotent; creates are found again by
+        their match keys). Everything acknowledged to someone outside — a
+        webhook's 202, an API or CLI request, an erasure, an admin action —
+        stays durable: flushed (WAL fsync on SQLite, synchronous_commit on
+        PostgreSQL) before the commit returns.
+        """
         if self._writer is None:
             with self.engine.begin() as c:
+                if not durable:
+                    c.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
                 yield c
             return
         # SQLite has one writer at a time; threads of this process queue on a
         # lock (handed over at once) instead of SQLite's busy handler, which
         # sleeps up to 100 ms between tries and made the latency tail.
         with self._writer, self.engine.begin() as c:
+            # Per transaction, before it writes (pysqlite begins at the first
+            # write, and the level cannot change inside a transaction). In WAL
+            # mode a FULL commit syncs the log with every NORMAL commit before it.
+            level = "FULL" if durable else "NORMAL"
+            info = c.connection.info
+            if info.get("synchronous") != level:
+                c.exec_driver_sql(f"PRAGMA synchronous={level}")
+                info["synchronous"] = level
             yield c
 
     @contextmanager
