@@ -40,6 +40,7 @@ from crmsync.engine.decide import (
     related_ref,
 )
 from crmsync.engine.link import CompiledLink
+from crmsync.engine.merge import UNCONVERTED, convert_column, create_columns
 from crmsync.engine.retry import RetryPolicy
 from crmsync.engine.tally import BatchResult, RunTally, WorkItem, outcome_status
 from crmsync.engine.trigger import seen_values
@@ -47,7 +48,6 @@ from crmsync.model import Action, Outcome, Record, RecordRef, Side
 from crmsync.state.store import Identity, StateStore, dumps, utcnow
 
 log = logging.getLogger(__name__)
-
 
 @dataclass(slots=True)
 class _Read:
@@ -61,6 +61,8 @@ class _Read:
     met: set[str] = field(default_factory=set)  # counted before in this run
     # trigger memory to save: what was seen of each record
     seen_rows: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    # never-paired source records to match (not deleted, passing the filter)
+    new_ids: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -86,6 +88,7 @@ class Applier:
         dry_run: bool = False,
         worker: str | None = None,
         retry: RetryPolicy | None = None,
+        bulk: bool = True,
     ) -> None:
         self.link = link
         self.state = state
@@ -107,6 +110,9 @@ class Applier:
         # so a quiet batch costs no extra state query.
         self._notes_waiting = self.activities
         self.refs = target.refs(self.tobj)
+        # Convert a batch's creates column by column (False: one record at a
+        # time, the reference the bulk path is tested against).
+        self.bulk = bulk
 
     # ------------------------------------------------------------------
     def apply(
@@ -133,7 +139,13 @@ class Applier:
             res.note(f"target:{rid}", "unpaired")
         for sid in read.erased:
             res.note(sid, "erased")
-        decisions = decide(self.link, read.data, refs=self.refs, target_system=self.tsystem)
+        decisions = decide(
+            self.link,
+            read.data,
+            refs=self.refs,
+            target_system=self.tsystem,
+            converted=self._convert_creates(read) if self.bulk else None,
+        )
         written = self._write(decisions)
         self._record(
             items,
@@ -198,7 +210,7 @@ class Applier:
             if link.trigger is not None:
                 g.pairs, g.waiting = self._fire(c, pairs, records, read.seen_rows)
 
-            new_ids = [
+            read.new_ids = new_ids = [
                 sid
                 for sid, ident in g.pairs.items()
                 if ident is None
@@ -217,6 +229,24 @@ class Applier:
             # written through a ref again, whatever the source still holds.
             g.erased_related = self._erased_related(c, g.targets)
         return read
+
+    def _convert_creates(self, read: _Read) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+        """The bulk path of a page of new records: their create values and shadows
+        converted column by column (``create_columns``), for ``decide`` to take
+        instead of converting each record. Records it cannot convert, and every
+        other case (a match, a refusal, a delete, a filter), are decided one by
+        one as always, in the batch's order; the writes and the state rows are
+        then the same steps for all."""
+        link, g = self.link, read.data
+        if not link.config.create:
+            return {}
+        ids = [s for s in read.new_ids if s not in g.matched and s not in g.ambiguous]
+        if not ids:
+            return {}
+        records = g.records
+        extra = [(mp.target, mp.source, mp.forward) for mp in link.matches]
+        made = create_columns(link.plans, extra, [records[s].values for s in ids])
+        return {sid: m for sid, m in zip(ids, made, strict=True) if m is not None}
 
     def _fire(
         self,
@@ -256,13 +286,11 @@ class Applier:
         mps = self.link.matches
         keys: dict[str, tuple[Any, ...]] = {}
         first_values: list[Any] = []
-        for sid in new_ids:
-            vals = records[sid].values
-            try:
-                conv = [mp.forward(vals.get(mp.source)) for mp in mps]
-            except ValueError:
-                continue
-            if any(v is None or v == "" for v in conv):
+        # Converted column by column; a key that does not convert matches nothing.
+        cols = [convert_column(mp.forward, [records[s].values.get(mp.source) for s in new_ids])
+                for mp in mps]
+        for sid, conv in zip(new_ids, zip(*cols, strict=True), strict=True):
+            if any(v is None or v is UNCONVERTED or v == "" for v in conv):
                 continue  # an empty key matches nothing
             keys[sid] = tuple(mp.canon(v) for mp, v in zip(mps, conv, strict=True))
             first_values.append(conv[0])
