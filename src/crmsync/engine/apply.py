@@ -442,7 +442,7 @@ class Applier:
                 outcome_rows.append(self._outcome_row(out, at, fields_json))
                 if out.target_id and not self.dry_run:
                     self._activity_row(
-                        out, read.data.targets.get(out.target_id), now, activity_rows
+                        out, read.data.targets.get(out.target_id), at, activity_rows
                     )
 
         for mid, sid in read.msg_pair.items():

@@ -18,6 +18,7 @@ import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +34,21 @@ _JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str)
 _MIGRATE_LOCK = zlib.crc32(b"crmsync-state-migrate")
 
 
+# _JSON's C encoder made once: ``encode`` makes a new one per call, a cost on
+# the apply hot path (a shadow per record). No circular check: state values
+# are plain trees.
+_C_ENCODE = (
+    c_make_encoder(None, _JSON.default, encode_basestring, None, ":", ",", False, False, True)
+    if c_make_encoder is not None
+    else None
+)
+
+
 def dumps(v: Any) -> str:
     """Compact JSON as the state stores it (non-ASCII kept, other types as text)."""
-    return _JSON.encode(v)
+    if _C_ENCODE is None or type(v) is str:
+        return _JSON.encode(v)
+    return "".join(_C_ENCODE(v, 0))
 
 
 def utcnow() -> datetime:
