@@ -75,6 +75,10 @@ class _Written:
 class Applier:
     """Applies batches for one link; one instance per run."""
 
+    # Convert a batch's creates column by column (False: one record at a time,
+    # the reference the bulk path is tested against).
+    bulk: bool = True
+
     def __init__(
         self,
         link: CompiledLink,
@@ -88,7 +92,6 @@ class Applier:
         dry_run: bool = False,
         worker: str | None = None,
         retry: RetryPolicy | None = None,
-        bulk: bool = True,
     ) -> None:
         self.link = link
         self.state = state
@@ -110,9 +113,6 @@ class Applier:
         # so a quiet batch costs no extra state query.
         self._notes_waiting = self.activities
         self.refs = target.refs(self.tobj)
-        # Convert a batch's creates column by column (False: one record at a
-        # time, the reference the bulk path is tested against).
-        self.bulk = bulk
 
     # ------------------------------------------------------------------
     def apply(
