@@ -284,23 +284,33 @@ class Applier:
         if not new_ids:
             return {}, {}
         mps = self.link.matches
-        keys: dict[str, tuple[Any, ...]] = {}
-        first_values: list[Any] = []
         # Converted column by column; a key that does not convert matches nothing.
         cols = [convert_column(mp.forward, [records[s].values.get(mp.source) for s in new_ids])
                 for mp in mps]
-        for sid, conv in zip(new_ids, zip(*cols, strict=True), strict=True):
-            if any(v is None or v is UNCONVERTED or v == "" for v in conv):
-                continue  # an empty key matches nothing
-            keys[sid] = tuple(mp.canon(v) for mp, v in zip(mps, conv, strict=True))
-            first_values.append(conv[0])
-        if not keys:
+        # The records whose keys are all filled (an empty key matches nothing).
+        if len(cols) == 1:
+            kept = [
+                (sid, (v,)) for sid, v in zip(new_ids, cols[0], strict=True)
+                if v is not None and v is not UNCONVERTED and v != ""
+            ]
+        else:
+            kept = [
+                (sid, conv) for sid, conv in zip(new_ids, zip(*cols, strict=True), strict=True)
+                if not any(v is None or v is UNCONVERTED or v == "" for v in conv)
+            ]
+        if not kept:
             return {}, {}
+        first_values = [conv[0] for _, conv in kept]
         found = self.target.find(self.tobj, mps[0].target, list(dict.fromkeys(first_values)))
         by_key: dict[tuple[Any, ...], list[str]] = {}
         for r in found:
             k = tuple(mp.canon(r.values.get(mp.target)) for mp in mps)
             by_key.setdefault(k, []).append(r.id)
+        if not by_key:
+            return {}, {}  # nothing in the target has these keys: all new (a plain page)
+        keys = {
+            sid: tuple(mp.canon(v) for mp, v in zip(mps, conv, strict=True)) for sid, conv in kept
+        }
         candidates = list({tid for ids in by_key.values() for tid in ids})
         taken = set(self.state.identities_by_target(c, self.link.name, candidates))
         matched: dict[str, str] = {}

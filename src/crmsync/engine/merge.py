@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from crmsync.config.models import ConflictPolicy, Direction
-from crmsync.convert import to_json
+from crmsync.convert import identity, to_json
 from crmsync.model import FieldOutcome, FieldStatus
 
 MISSING: Any = object()
@@ -301,6 +301,8 @@ def create_columns(
 
     def column(source: str, fn: Callable[[Any], Any]) -> list[Any]:
         raw = [r.get(source) for r in rows]
+        if fn is identity:
+            return raw  # a field of the same type on both sides: nothing to convert
         try:
             return list(map(fn, raw))
         except ValueError:
