@@ -232,7 +232,7 @@ class Database:
             self._keep.append(stmt)
         if compiled.positiontup is not None:  # SQLite (qmark): values as stored text
             pick = operator.itemgetter(*compiled.positiontup)
-            params: list[Any] = [pick(r) for r in rows]
+            params: list[Any] = list(map(pick, rows))
         else:  # psycopg binds Python values natively
             params = rows
         c.exec_driver_sql(compiled.string, params)
