@@ -5,6 +5,8 @@ A batch is four steps (``Applier.apply``), in this order of effects:
 1. gather: the state (identities, erasures, trigger memory, claimed matches)
    on one connection, and both systems' records; nothing is written;
 2. decide (``engine.decide``, pure): each record's outcome and the writes;
+   the batch's new records are converted column by column first (the bulk
+   path of a migration page, ``_convert_creates``), any other record one by one;
 3. write: the target (and the source for backward fields) in batches; fields
    a system refused become ``rejected``;
 4. record: identities + shadows, outcomes, timeline entries, finished
