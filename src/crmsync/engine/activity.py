@@ -25,10 +25,14 @@ HEADLINES = {
 }
 
 
+# What json.dumps(v, default=str) uses, built once (dumps builds one per call).
+_ENCODE = json.JSONEncoder(default=str).encode
+
+
 def _show(v: Any) -> str:
     if isinstance(v, str):
         return v
-    return json.dumps(v, default=str)
+    return _ENCODE(v)
 
 
 def activity_text(

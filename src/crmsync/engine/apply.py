@@ -5,6 +5,8 @@ A batch is four steps (``Applier.apply``), in this order of effects:
 1. gather: the state (identities, erasures, trigger memory, claimed matches)
    on one connection, and both systems' records; nothing is written;
 2. decide (``engine.decide``, pure): each record's outcome and the writes;
+   the batch's new records are converted column by column first (the bulk
+   path of a migration page, ``_convert_creates``), any other record one by one;
 3. write: the target (and the source for backward fields) in batches; fields
    a system refused become ``rejected``;
 4. record: identities + shadows, outcomes, timeline entries, finished
@@ -40,6 +42,7 @@ from crmsync.engine.decide import (
     related_ref,
 )
 from crmsync.engine.link import CompiledLink
+from crmsync.engine.merge import UNCONVERTED, convert_column, create_columns
 from crmsync.engine.retry import RetryPolicy
 from crmsync.engine.tally import BatchResult, RunTally, WorkItem, outcome_status
 from crmsync.engine.trigger import seen_values
@@ -47,7 +50,6 @@ from crmsync.model import Action, Outcome, Record, RecordRef, Side
 from crmsync.state.store import Identity, StateStore, dumps, utcnow
 
 log = logging.getLogger(__name__)
-
 
 @dataclass(slots=True)
 class _Read:
@@ -61,6 +63,8 @@ class _Read:
     met: set[str] = field(default_factory=set)  # counted before in this run
     # trigger memory to save: what was seen of each record
     seen_rows: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    # never-paired source records to match (not deleted, passing the filter)
+    new_ids: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -72,6 +76,10 @@ class _Written:
 
 class Applier:
     """Applies batches for one link; one instance per run."""
+
+    # Convert a batch's creates column by column (False: one record at a time,
+    # the reference the bulk path is tested against).
+    bulk: bool = True
 
     def __init__(
         self,
@@ -133,7 +141,13 @@ class Applier:
             res.note(f"target:{rid}", "unpaired")
         for sid in read.erased:
             res.note(sid, "erased")
-        decisions = decide(self.link, read.data, refs=self.refs, target_system=self.tsystem)
+        decisions = decide(
+            self.link,
+            read.data,
+            refs=self.refs,
+            target_system=self.tsystem,
+            converted=self._convert_creates(read) if self.bulk else None,
+        )
         written = self._write(decisions)
         self._record(
             items,
@@ -198,7 +212,7 @@ class Applier:
             if link.trigger is not None:
                 g.pairs, g.waiting = self._fire(c, pairs, records, read.seen_rows)
 
-            new_ids = [
+            read.new_ids = new_ids = [
                 sid
                 for sid, ident in g.pairs.items()
                 if ident is None
@@ -217,6 +231,24 @@ class Applier:
             # written through a ref again, whatever the source still holds.
             g.erased_related = self._erased_related(c, g.targets)
         return read
+
+    def _convert_creates(self, read: _Read) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+        """The bulk path of a page of new records: their create values and shadows
+        converted column by column (``create_columns``), for ``decide`` to take
+        instead of converting each record. Records it cannot convert, and every
+        other case (a match, a refusal, a delete, a filter), are decided one by
+        one as always, in the batch's order; the writes and the state rows are
+        then the same steps for all."""
+        link, g = self.link, read.data
+        if not link.config.create:
+            return {}
+        ids = [s for s in read.new_ids if s not in g.matched and s not in g.ambiguous]
+        if not ids:
+            return {}
+        records = g.records
+        extra = [(mp.target, mp.source, mp.forward) for mp in link.matches]
+        made = create_columns(link.plans, extra, [records[s].values for s in ids])
+        return {sid: m for sid, m in zip(ids, made, strict=True) if m is not None}
 
     def _fire(
         self,
@@ -254,25 +286,33 @@ class Applier:
         if not new_ids:
             return {}, {}
         mps = self.link.matches
-        keys: dict[str, tuple[Any, ...]] = {}
-        first_values: list[Any] = []
-        for sid in new_ids:
-            vals = records[sid].values
-            try:
-                conv = [mp.forward(vals.get(mp.source)) for mp in mps]
-            except ValueError:
-                continue
-            if any(v is None or v == "" for v in conv):
-                continue  # an empty key matches nothing
-            keys[sid] = tuple(mp.canon(v) for mp, v in zip(mps, conv, strict=True))
-            first_values.append(conv[0])
-        if not keys:
+        # Converted column by column; a key that does not convert matches nothing.
+        cols = [convert_column(mp.forward, [records[s].values.get(mp.source) for s in new_ids])
+                for mp in mps]
+        # The records whose keys are all filled (an empty key matches nothing).
+        if len(cols) == 1:
+            kept = [
+                (sid, (v,)) for sid, v in zip(new_ids, cols[0], strict=True)
+                if v is not None and v is not UNCONVERTED and v != ""
+            ]
+        else:
+            kept = [
+                (sid, conv) for sid, conv in zip(new_ids, zip(*cols, strict=True), strict=True)
+                if not any(v is None or v is UNCONVERTED or v == "" for v in conv)
+            ]
+        if not kept:
             return {}, {}
+        first_values = [conv[0] for _, conv in kept]
         found = self.target.find(self.tobj, mps[0].target, list(dict.fromkeys(first_values)))
         by_key: dict[tuple[Any, ...], list[str]] = {}
         for r in found:
             k = tuple(mp.canon(r.values.get(mp.target)) for mp in mps)
             by_key.setdefault(k, []).append(r.id)
+        if not by_key:
+            return {}, {}  # nothing in the target has these keys: all new (a plain page)
+        keys = {
+            sid: tuple(mp.canon(v) for mp, v in zip(mps, conv, strict=True)) for sid, conv in kept
+        }
         candidates = list({tid for ids in by_key.values() for tid in ids})
         taken = set(self.state.identities_by_target(c, self.link.name, candidates))
         matched: dict[str, str] = {}
@@ -414,7 +454,7 @@ class Applier:
                 outcome_rows.append(self._outcome_row(out, at, fields_json))
                 if out.target_id and not self.dry_run:
                     self._activity_row(
-                        out, read.data.targets.get(out.target_id), now, activity_rows
+                        out, read.data.targets.get(out.target_id), at, activity_rows
                     )
 
         for mid, sid in read.msg_pair.items():

@@ -97,13 +97,18 @@ def decide(
     *,
     refs: dict[str, str] | None = None,
     target_system: str = "",
+    converted: dict[str, tuple[dict[str, Any], dict[str, Any]]] | None = None,
 ) -> Decisions:
     """Decide every record of a gathered batch.
 
     ``refs`` maps the target's ref fields to the object they point to (a deal's
     person), ``target_system`` names its system: writes through a ref that is
     empty or points to an erased record are held back per field.
+    ``converted`` holds new records' create values and shadows converted
+    beforehand column by column (``merge.create_columns``); a create not in it
+    is converted here, one record at a time.
     """
+    converted = converted or {}
     refs = refs or {}
     name = link.name
     d = Decisions()
@@ -131,7 +136,9 @@ def decide(
         if ident is None:
             tid = g.matched.get(sid)
             if tid is None:
-                decided.append(_decide_create(link, sid, rec, g.ambiguous.get(sid), d))
+                decided.append(
+                    _decide_create(link, sid, rec, g.ambiguous.get(sid), d, converted.get(sid))
+                )
                 continue
             trec = g.targets.get(tid)
             if trec is None:  # matched a moment ago, gone now: the next change retries
@@ -207,9 +214,15 @@ def decide(
 
 
 def _decide_create(
-    link: CompiledLink, sid: str, rec: Record, ambiguous: str | None, d: Decisions
+    link: CompiledLink,
+    sid: str,
+    rec: Record,
+    ambiguous: str | None,
+    d: Decisions,
+    converted: tuple[dict[str, Any], dict[str, Any]] | None = None,
 ) -> Pending:
-    """A source record never paired and matched to nothing."""
+    """A source record never paired and matched to nothing; ``converted``: its
+    values (match keys included) and shadow, already converted without a refusal."""
     name = link.name
     if ambiguous is not None:
         out = Outcome(name, sid, None, Action.REJECTED, message=ambiguous)
@@ -223,12 +236,15 @@ def _decide_create(
             message="no matching target record, and the link does not create",
         )
         return Pending(sid, None, out, None, None, None, save_identity=False)
-    values, shadow, fouts = create_values(link.plans, rec.values)
-    err = match_values(link, values, rec.values)
-    if err:
-        out = Outcome(name, sid, None, Action.REJECTED, fouts, message=err)
-        return Pending(sid, None, out, None, None, None, save_identity=False)
-    remember_rejections(shadow, fouts)
+    if converted is not None:
+        (values, shadow), fouts = converted, []
+    else:
+        values, shadow, fouts = create_values(link.plans, rec.values)
+        err = match_values(link, values, rec.values)
+        if err:
+            out = Outcome(name, sid, None, Action.REJECTED, fouts, message=err)
+            return Pending(sid, None, out, None, None, None, save_identity=False)
+        remember_rejections(shadow, fouts)
     out = Outcome(name, sid, None, Action.CREATED, fouts, created=shadow)
     p = Pending(sid, None, out, shadow, applied_version(rec), None, create_index=len(d.creates))
     d.creates.append(values)

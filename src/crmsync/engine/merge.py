@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from crmsync.config.models import ConflictPolicy, Direction
-from crmsync.convert import to_json
+from crmsync.convert import identity, to_json
 from crmsync.model import FieldOutcome, FieldStatus
 
 MISSING: Any = object()
@@ -261,3 +261,84 @@ def create_values(
         values[p.target] = v
         shadow[p.key] = v if type(v) in _PLAIN else to_json(v)
     return values, shadow, rejected
+
+
+# A value a converter refused, in a column converted at once.
+UNCONVERTED: Any = object()
+
+
+def convert_column(fn: Callable[[Any], Any], raw: list[Any]) -> list[Any]:
+    """``fn`` over a column of values; a value it refuses (ValueError) becomes
+    ``UNCONVERTED``. One C-level ``map`` when none is refused."""
+    try:
+        return list(map(fn, raw))
+    except ValueError:
+        out: list[Any] = []
+        for v in raw:
+            try:
+                out.append(fn(v))
+            except ValueError:
+                out.append(UNCONVERTED)
+        return out
+
+
+def create_columns(
+    plans: list[FieldPlan],
+    extra: list[tuple[str, str, Callable[[Any], Any]]],
+    rows: list[dict[str, Any]],
+) -> list[tuple[dict[str, Any], dict[str, Any]] | None]:
+    """``create_values`` (plus ``extra`` fields) of many new records, converted
+    column by column: one ``map`` per field instead of a loop step per value.
+
+    ``extra`` are (target field, source field, converter) written besides the
+    plans when the plans do not write that field (a link's match keys, so a
+    retried create is found). A record with a value that does not convert gets
+    None: ``create_values`` then decides it one by one (its rejected fields and
+    reasons), so the result for every record is what the per-record path gives.
+    """
+    n = len(rows)
+    bad: set[int] = set()
+
+    def column(source: str, fn: Callable[[Any], Any]) -> list[Any]:
+        raw = [r.get(source) for r in rows]
+        if fn is identity:
+            return raw  # a field of the same type on both sides: nothing to convert
+        try:
+            return list(map(fn, raw))
+        except ValueError:
+            col = convert_column(fn, raw)
+            bad.update(i for i, v in enumerate(col) if v is UNCONVERTED)
+            return col
+
+    vnames: list[str] = []
+    vcols: list[list[Any]] = []
+    snames: list[str] = []
+    scols: list[list[Any]] = []
+    for p in plans:
+        if p.direction is Direction.BACKWARD:
+            snames.append(p.key)
+            scols.append([p.canon(None)] * n)
+            continue
+        conv = column(p.source, p.forward)
+        vnames.append(p.target)
+        vcols.append(conv)
+        snames.append(p.key)
+        # A column of plain values is its own shadow column (checked at C level).
+        plain = _PLAIN.issuperset(map(type, conv))
+        scols.append(conv if plain else [v if type(v) in _PLAIN else to_json(v) for v in conv])
+    written = set(vnames)
+    for target, source, fn in extra:
+        if target in written:
+            continue
+        written.add(target)
+        vnames.append(target)
+        vcols.append(column(source, fn))
+    vrows = zip(*vcols, strict=True) if vcols else [()] * n
+    srows = zip(*scols, strict=True) if scols else [()] * n
+    out: list[tuple[dict[str, Any], dict[str, Any]] | None] = [
+        (dict(zip(vnames, vrow, strict=True)), dict(zip(snames, srow, strict=True)))
+        for vrow, srow in zip(vrows, srows, strict=True)
+    ]
+    for i in bad:
+        out[i] = None
+    return out

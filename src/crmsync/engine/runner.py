@@ -26,10 +26,12 @@ capture and apply themselves live in capture.py and apply.py.
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -100,6 +102,16 @@ class LinkReport:
         return {k: self.counts.get(k, 0) for k in SUMMARY_KEYS} | {
             k: v for k, v in self.counts.items() if k not in SUMMARY_KEYS and v
         }
+
+
+@contextmanager
+def _frozen_heap() -> Iterator[None]:
+    """Objects alive now are left out of garbage collection until the block ends."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 class Engine:
@@ -364,34 +376,38 @@ class Engine:
         batch = link.batch_size
         total = src.count(sobj)
         systems = (link.config.source_system, link.config.target_system)
-        while True:
-            if not dry_run:
-                self.quota_gate(systems)  # the position so far is committed: resumable
-            page = src.scan(sobj, after, batch)
-            if not page:
-                break
-            last = page[-1].id
-            items = [WorkItem(Side.SOURCE, r.id) for r in page]
-            pre = {r.id: r for r in page}
+        # The scan makes many short-lived objects per page; with what lived before
+        # it frozen, the collector's passes do not walk the whole process again
+        # and again (~10% of a migration). Thawed after, so nothing is kept.
+        with _frozen_heap():
+            while True:
+                if not dry_run:
+                    self.quota_gate(systems)  # the position so far is committed: resumable
+                page = src.scan(sobj, after, batch)
+                if not page:
+                    break
+                last = page[-1].id
+                items = [WorkItem(Side.SOURCE, r.id) for r in page]
+                pre = {r.id: r for r in page}
 
-            def commit(c: Any, last: str = last) -> None:
-                self.state.set_cursor(
-                    c, name, Side.SOURCE.value, "migration", {"after": last, "done": False}
+                def commit(c: Any, last: str = last) -> None:
+                    self.state.set_cursor(
+                        c, name, Side.SOURCE.value, "migration", {"after": last, "done": False}
+                    )
+
+                res = applier.apply(
+                    items,
+                    pre_read=pre,
+                    on_commit=None if dry_run else commit,
+                    failures_to_queue=True,
                 )
-
-            res = applier.apply(
-                items,
-                pre_read=pre,
-                on_commit=None if dry_run else commit,
-                failures_to_queue=True,
-            )
-            report.add(res, max_samples)
-            report.tally.scanned = True
-            done += len(page)
-            self.progress(name, "migrate", done, total)
-            after = last
-            if len(page) < batch:
-                break
+                report.add(res, max_samples)
+                report.tally.scanned = True
+                done += len(page)
+                self.progress(name, "migrate", done, total)
+                after = last
+                if len(page) < batch:
+                    break
         if not dry_run:
             with self.state.begin() as c:
                 self.state.set_cursor(

@@ -99,9 +99,11 @@ class RunTally:
 def outcome_status(out: Outcome) -> str:
     if out.action is Action.FAILED:
         return "failed"
-    if out.action is Action.REJECTED or out.rejected:
+    # ``fields`` first: a create's (the hot path) is usually empty, and then it
+    # has neither rejected nor conflicting fields to count.
+    if out.action is Action.REJECTED or (out.fields and out.rejected):
         return "rejected"
-    if out.conflicts:
+    if out.fields and out.conflicts:
         return "conflict"
     if out.action is Action.SKIPPED:
         return "skipped"

@@ -18,6 +18,7 @@ import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +34,21 @@ _JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str)
 _MIGRATE_LOCK = zlib.crc32(b"crmsync-state-migrate")
 
 
+# _JSON's C encoder made once: ``encode`` makes a new one per call, a cost on
+# the apply hot path (a shadow per record). No circular check: state values
+# are plain trees.
+_C_ENCODE = (
+    c_make_encoder(None, _JSON.default, encode_basestring, None, ":", ",", False, False, True)
+    if c_make_encoder is not None
+    else None
+)
+
+
 def dumps(v: Any) -> str:
     """Compact JSON as the state stores it (non-ASCII kept, other types as text)."""
-    return _JSON.encode(v)
+    if _C_ENCODE is None or type(v) is str:
+        return _JSON.encode(v)
+    return "".join(_C_ENCODE(v, 0))
 
 
 def utcnow() -> datetime:
@@ -243,10 +256,24 @@ class Database:
             self._keep.append(stmt)
         if compiled.positiontup is not None:  # SQLite (qmark): values as stored text
             pick = operator.itemgetter(*compiled.positiontup)
-            params: list[Any] = [pick(r) for r in rows]
+            params: list[Any] = list(map(pick, rows))
         else:  # psycopg binds Python values natively
             params = rows
         c.exec_driver_sql(compiled.string, params)
+
+    def in_keys(self, col: Any) -> Any:
+        """``col`` is one of the keys bound as ``keys`` (``key_list``): one parameter
+        however many keys (a JSON array read by ``json_each`` on SQLite, an array
+        on PostgreSQL), so a page's probe is one statement compiled once instead
+        of an expanding ``IN`` list per chunk of 500."""
+        if self.dialect == "postgresql":
+            return col == sa.any_(sa.bindparam("keys", type_=postgresql.ARRAY(sa.String)))
+        each = sa.select(sa.column("value")).select_from(sa.func.json_each(sa.bindparam("keys")))
+        return col.in_(each)
+
+    def key_list(self, keys: Sequence[str]) -> Any:
+        """``keys`` as ``in_keys`` binds them."""
+        return list(keys) if self.dialect == "postgresql" else dumps(list(keys))
 
     def ts(self, when: datetime) -> Any:
         """A timestamp as a driver-level insert binds it (formatted once per batch)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from datetime import datetime
@@ -17,6 +18,13 @@ OUTCOME_COLUMNS = (
 )
 # Built once: ``_executemany`` caches its compiled form (the apply hot path).
 _OUTCOME_INSERT = sa.insert(S.outcomes).values({k: sa.bindparam(k) for k in OUTCOME_COLUMNS})
+
+
+@functools.cache
+def _activity_insert(columns: tuple[str, ...]) -> Any:
+    """The timeline insert for rows with these keys, built once per shape
+    (``_executemany`` caches its compiled form: the apply hot path)."""
+    return sa.insert(S.activities).values({k: sa.bindparam(k) for k in columns})
 
 
 def expand_fields(stored: Any) -> list[dict[str, Any]]:
@@ -138,8 +146,9 @@ class LogMixin(Database):
 
     # -- activities (record timelines) ------------------------------------------
     def add_activities(self, c: sa.Connection, rows: Sequence[dict[str, Any]]) -> None:
+        """Insert timeline rows (all with the same keys; ``at`` as ``ts`` gives it)."""
         if rows:
-            c.execute(sa.insert(S.activities), list(rows))
+            self._executemany(c, _activity_insert(tuple(rows[0])), list(rows))
 
     def undelivered_activities(
         self, c: sa.Connection, link: str, prefix: str, limit: int

@@ -106,19 +106,19 @@ class PairsMixin(Database):
     ) -> dict[str, Identity]:
         t = S.identities
         out: dict[str, Identity] = {}
-        for chunk in chunks(list(ids), 500):
-            for r in c.execute(
-                sa.select(
-                    t.c.source_id,
-                    t.c.target_id,
-                    t.c.shadow,
-                    t.c.source_version,
-                    t.c.target_version,
-                    t.c.deleted,
-                ).where(t.c.link == link, col.in_(chunk))
-            ):
-                ident = Identity(r[0], r[1], json.loads(r[2]), r[3], r[4], bool(r[5]))
-                out[ident.source_id if key == "source" else ident.target_id or ""] = ident
+        if not ids:
+            return out
+        q = sa.select(
+            t.c.source_id,
+            t.c.target_id,
+            t.c.shadow,
+            t.c.source_version,
+            t.c.target_version,
+            t.c.deleted,
+        ).where(t.c.link == link, self.in_keys(col))
+        for r in c.execute(q, {"keys": self.key_list(ids)}):
+            ident = Identity(r[0], r[1], json.loads(r[2]), r[3], r[4], bool(r[5]))
+            out[ident.source_id if key == "source" else ident.target_id or ""] = ident
         return out
 
     def save_identities(self, c: sa.Connection, link: str, rows: Sequence[dict[str, Any]]) -> None:
