@@ -26,6 +26,8 @@ last poll (a trigger logs every write with an autoincrement number).
                           closed the idle keep-alive connection they went out on
 * webhook_worker_poll_ms  how long an idle worker waits before looking again
                           (work queued in the serving process wakes it at once)
+* webhook_500_*           the same figures at 500 deliveries a second
+                          (--webhook-high-rate; 0 skips it)
 
 Workers (PostgreSQL state, PostgreSQL target behind a loopback proxy that
 adds a fixed latency to every round trip). MESSAGES records change once each
@@ -36,7 +38,7 @@ is empty is taken. Every record is then checked at its newest value.
 * workers_1_msgs_per_s, workers_4_msgs_per_s, workers_speedup
   (workers_messages, _latency_ms and _batch_size are the settings used)
 
-Usage: python bench/service.py [--webhook-seconds 30] [--webhook-rate 200]
+Usage: python bench/service.py [--webhook-seconds 30] [--webhook-rate 200] [--webhook-high-rate 500]
        [--messages 20000] [--latency-ms 20] [--skip-webhook] [--skip-workers]
 """
 
@@ -276,10 +278,10 @@ def wait_health(port: int, proc: subprocess.Popen[Any], log: Path, timeout: floa
         time.sleep(0.1)
 
 
-def webhook_bench(a: argparse.Namespace, root: Path) -> None:
+def webhook_bench(a: argparse.Namespace, root: Path, rate: float, prefix: str) -> None:
     from crmsync.service.worker import Worker
 
-    d = root / "webhook"
+    d = root / prefix
     d.mkdir()
     build_webhook_target(d)
     (d / "crmsync.yaml").write_text(WEBHOOK_CONFIG.format(dir=d))
@@ -294,7 +296,7 @@ def webhook_bench(a: argparse.Namespace, root: Path) -> None:
         )
     try:
         wait_health(port, proc, log)
-        n = round(a.webhook_rate * a.webhook_seconds)
+        n = round(rate * a.webhook_seconds)
         rng = random.Random(7)
         refs: list[str] = []
         ids: list[str] = []
@@ -329,7 +331,7 @@ def webhook_bench(a: argparse.Namespace, root: Path) -> None:
             t0 = time.perf_counter()
             for i in range(n):
                 # absolute deadlines: a late send does not push the rest back
-                delay = t0 + i / a.webhook_rate - time.perf_counter()
+                delay = t0 + i / rate - time.perf_counter()
                 if delay > 0:
                     time.sleep(delay)
                 pool.submit(sender.send, i, bodies[i])
@@ -361,26 +363,26 @@ def webhook_bench(a: argparse.Namespace, root: Path) -> None:
         lat.sort()
         acks = sorted((sender.acked[i] - sender.sent[i]) * 1000 for i in accepted)
         poll_s = inspect.signature(Worker.__init__).parameters["poll_s"].default
-        emit("webhook_deliveries", n)
-        emit("webhook_rate_per_s", f"{(len(sent) - 1) / span:.1f}" if span else "nan")
-        emit("webhook_p50_ms", f"{pct(lat, 50):.1f}")
-        emit("webhook_p99_ms", f"{pct(lat, 99):.1f}")
-        emit("webhook_max_ms", f"{lat[-1] if lat else float('nan'):.1f}")
-        emit("webhook_ack_p50_ms", f"{pct(acks, 50):.1f}")
-        emit("webhook_ack_p99_ms", f"{pct(acks, 99):.1f}")
-        emit("webhook_coalesced", coalesced)
-        emit("webhook_lost", lost)
-        emit("webhook_refused", n - len(accepted))
-        emit("webhook_resent_after_reset", sender.resent)
+        emit(f"{prefix}_deliveries", n)
+        emit(f"{prefix}_rate_per_s", f"{(len(sent) - 1) / span:.1f}" if span else "nan")
+        emit(f"{prefix}_p50_ms", f"{pct(lat, 50):.1f}")
+        emit(f"{prefix}_p99_ms", f"{pct(lat, 99):.1f}")
+        emit(f"{prefix}_max_ms", f"{lat[-1] if lat else float('nan'):.1f}")
+        emit(f"{prefix}_ack_p50_ms", f"{pct(acks, 50):.1f}")
+        emit(f"{prefix}_ack_p99_ms", f"{pct(acks, 99):.1f}")
+        emit(f"{prefix}_coalesced", coalesced)
+        emit(f"{prefix}_lost", lost)
+        emit(f"{prefix}_refused", n - len(accepted))
+        emit(f"{prefix}_resent_after_reset", sender.resent)
         if len(accepted) < n:  # which answers: 0 is none (connection error, timeout)
             by: dict[int, int] = {}
             for i in range(n):
                 if not 200 <= sender.status[i] < 300:
                     by[sender.status[i]] = by.get(sender.status[i], 0) + 1
-            emit("webhook_refused_by_status", " ".join(f"{k}:{v}" for k, v in sorted(by.items())))
+            emit(f"{prefix}_refused_by_status", " ".join(f"{k}:{v}" for k, v in sorted(by.items())))
             if sender.errors:
-                emit("webhook_no_answer", " ".join(f"{k}:{v}" for k, v in sender.errors.items()))
-        emit("webhook_worker_poll_ms", f"{poll_s * 1000:.0f}")
+                emit(f"{prefix}_no_answer", " ".join(f"{k}:{v}" for k, v in sender.errors.items()))
+        emit(f"{prefix}_worker_poll_ms", f"{poll_s * 1000:.0f}")
     finally:
         code = stop_process(proc)
         if code != 0:
@@ -683,6 +685,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--webhook-seconds", type=float, default=30)
     ap.add_argument("--webhook-rate", type=float, default=200, help="deliveries per second")
+    ap.add_argument("--webhook-high-rate", type=float, default=500,
+                    help="then the same at this rate (0: skip)")
     ap.add_argument("--drain-seconds", type=float, default=30,
                     help="how long accepted deliveries may take to reach the target")
     ap.add_argument("--poll-ms", type=float, default=5, help="how often the target is read")
@@ -697,7 +701,10 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="crmsync-bench-service-"))
     try:
         if not a.skip_webhook:
-            webhook_bench(a, root)
+            webhook_bench(a, root, a.webhook_rate, "webhook")
+            if a.webhook_high_rate:
+                # The same at a higher steady rate: what the service sustains.
+                webhook_bench(a, root, a.webhook_high_rate, f"webhook_{a.webhook_high_rate:g}")
         if not a.skip_workers:
             workers_bench(a, root)
     finally:
