@@ -224,6 +224,30 @@ class Database:
             params = rows
         c.exec_driver_sql(compiled.string, params)
 
+    def _insert_returning_id(self, c: sa.Connection, stmt: Any, row: dict[str, Any]) -> int:
+        """Insert one row of a fixed ``INSERT ... RETURNING id`` at driver level
+        (values as ``_executemany`` binds them) and return its id."""
+        key = id(stmt)
+        compiled = self._compiled.get(key)
+        if compiled is None:
+            compiled = stmt.compile(dialect=self.engine.dialect)
+            self._compiled[key] = compiled
+            self._keep.append(stmt)
+        params: Any = row
+        if compiled.positiontup is not None:
+            params = tuple(row[k] for k in compiled.positiontup)
+        return int(c.exec_driver_sql(compiled.string, params).scalar_one())
+
+    def in_keys(self, col: Any, keys: Sequence[Any]) -> Any:
+        """``col`` is one of ``keys``, bound as ONE parameter (SQLite ``json_each``,
+        PostgreSQL ``= ANY``): the statement stays the same whatever the number of
+        keys, instead of an ``IN`` list expanded to one parameter per key."""
+        if self.dialect == "postgresql":
+            item = sa.BigInteger() if keys and isinstance(keys[0], int) else sa.Text()
+            return col == sa.any_(sa.literal(list(keys), type_=postgresql.ARRAY(item)))
+        each = sa.func.json_each(dumps(list(keys))).table_valued("value")
+        return col.in_(sa.select(each.c.value))
+
     def ts(self, when: datetime) -> Any:
         """A timestamp as a driver-level insert binds it (formatted once per batch)."""
         return when.strftime(_TS) if self.dialect == "sqlite" else when

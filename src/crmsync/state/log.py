@@ -1,14 +1,23 @@
-"""The log: runs, per-record outcomes, and record timelines (activities)."""
+"""The log: runs, per-record outcomes, and record timelines (activities).
+
+A record's timeline is its outcomes, each told in words when read
+(``engine.activity.activity_text``); ``crmsync_activities`` keeps a row only
+for what an outcome does not hold: delivery into a system's own timeline,
+related records an entry names, erasure entries, and the stored text of
+entries logged before schema v6.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 
+from crmsync.engine.activity import HEADLINES, activity_text
+from crmsync.model import Action, FieldOutcome, FieldStatus, Outcome
 from crmsync.state import schema as S
 from crmsync.state.db import Database, chunks, dumps, utcnow
 
@@ -17,18 +26,35 @@ OUTCOME_COLUMNS = (
 )
 # Built once: ``_executemany`` caches its compiled form (the apply hot path).
 _OUTCOME_INSERT = sa.insert(S.outcomes).values({k: sa.bindparam(k) for k in OUTCOME_COLUMNS})
+_OUTCOME_RETURNING = _OUTCOME_INSERT.returning(S.outcomes.c.id)
 
 
-def expand_fields(stored: Any) -> list[dict[str, Any]]:
+# A create's log entry whose values are its pair's (``first_shadow``, else the
+# shadow): the values are not copied into the log (schema v6).
+CREATED_FROM_PAIR = '{"created":null}'
+# What is left where personal values were (outcome messages and fields, timeline text).
+ERASED_TEXT = "erased (GDPR): the values were removed"
+# Outcome actions that are entries on the target record's timeline.
+TIMELINE_ACTIONS = tuple(a.value for a in HEADLINES)
+ACTIVITY_COLUMNS = (
+    "id", "link", "record_ref", "at", "kind", "text", "deliver", "delivered_at", "external_id",
+    "mentions", "outcome_id",
+)
+
+_ACTIVITY_INSERT = sa.insert(S.activities)
+
+
+def expand_fields(stored: Any, created: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Per-field outcomes from a log row.
 
     A create is stored compactly as ``{"created": <shadow>}`` (the same JSON
-    text as the identity's shadow, encoded once); every field in it was
+    text as the identity's shadow, encoded once), or as ``{"created": null}``
+    when the values are its pair's (``created``); every field in it was
     written from nothing, and ``~rejected`` lists the fields refused.
     """
     if not isinstance(stored, dict):
         return list(stored)
-    shadow = stored.get("created", {})
+    shadow = stored.get("created") or created or {}
     out: list[dict[str, Any]] = [
         {"field": k, "status": "updated", "side": "target", "old": None, "new": v}
         for k, v in shadow.items()
@@ -36,6 +62,53 @@ def expand_fields(stored: Any) -> list[dict[str, Any]]:
     ]
     for k, reason in shadow.get("~rejected", {}).items():
         out.append({"field": k, "status": "rejected", "reason": reason})
+    return out
+
+
+def outcome_text(row: dict[str, Any], created: dict[str, Any] | None) -> str | None:
+    """The timeline text of an outcome row (None: not a timeline entry)."""
+    if row["action"] not in TIMELINE_ACTIONS or not row["target_ref"]:
+        return None
+    if row["message"] == ERASED_TEXT:
+        return ERASED_TEXT  # scrubbed by an erasure: the values are gone
+    stored = json.loads(row["fields"] or "[]")
+    out = Outcome(row["link"], None, None, Action(row["action"]), message=row["message"])
+    if isinstance(stored, dict):
+        out.created = stored.get("created") or created or {}
+        out.fields = [
+            FieldOutcome(k, FieldStatus.REJECTED, reason=why)
+            for k, why in out.created.get("~rejected", {}).items()
+        ]
+    else:
+        out.fields = [
+            FieldOutcome(
+                f["field"], FieldStatus(f["status"]), f.get("side"), f.get("old"), f.get("new"),
+                f.get("reason"),
+            )
+            for f in stored
+            if f.get("status") in FieldStatus.__members__.values()
+        ]
+    return activity_text(out, row["source_ref"] or "")
+
+
+def created_values(
+    db: Database, c: sa.Connection, rows: Iterable[dict[str, Any]]
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """The values of the creates among outcome ``rows`` logged as their pair's
+    (``CREATED_FROM_PAIR``): ``(link, source_ref)`` -> values."""
+    by_link: dict[str, dict[str, str]] = {}
+    for r in rows:
+        if r["fields"] == CREATED_FROM_PAIR and r["source_ref"]:
+            sid = r["source_ref"].split(":", 1)[1]
+            by_link.setdefault(r["link"], {})[sid] = r["source_ref"]
+    i = S.identities
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for link, refs in by_link.items():
+        q = sa.select(i.c.source_id, i.c.first_shadow, i.c.shadow).where(
+            i.c.link == link, db.in_keys(i.c.source_id, list(refs))
+        )
+        for sid, first, shadow in c.execute(q):
+            out[(link, refs[sid])] = json.loads(first or shadow)
     return out
 
 
@@ -74,8 +147,31 @@ class LogMixin(Database):
             )
 
     def add_outcomes(self, c: sa.Connection, rows: Sequence[dict[str, Any]]) -> None:
-        if rows:
+        """Insert outcome rows. A row carrying ``"timeline"`` (its timeline row, see
+        ``add_activities``) has that row's ``outcome_id`` set to its id."""
+        if not rows:
+            return
+        if not any("timeline" in r for r in rows):
             self._executemany(c, _OUTCOME_INSERT, list(rows))
+            return
+        # A target with notes or related records: one insert per row for the ids,
+        # in order (the ids order the log).
+        for r in rows:
+            oid = self._insert_returning_id(c, _OUTCOME_RETURNING, r)
+            if "timeline" in r:
+                r["timeline"]["outcome_id"] = oid
+
+    def _timeline_from(self, c: sa.Connection) -> int | None:
+        """The first outcome id whose timeline entry is rendered from it; None on a
+        state older than v6 (a read-only store does not upgrade)."""
+        got: int | None = getattr(self, "_timeline_from_id", None)
+        if got is None:
+            v = c.execute(sa.select(S.meta.c.value).where(S.meta.c.key == S.TIMELINE_FROM))
+            value = v.scalar()
+            if value is not None:
+                got = self._timeline_from_id = int(value)
+        return got
+
 
     def outcomes(
         self,
@@ -95,8 +191,11 @@ class LogMixin(Database):
             q = q.where(sa.or_(o.c.source_ref == record, o.c.target_ref == record))
         with self.connect() as c:
             rows = [dict(r._mapping) for r in c.execute(q)]
+            created = created_values(self, c, rows)
         for r in rows:
-            r["fields"] = expand_fields(json.loads(r["fields"]))
+            r["fields"] = expand_fields(
+                json.loads(r["fields"]), created.get((r["link"], r["source_ref"]))
+            )
         return rows
 
     def run_logged_refs(self, c: sa.Connection, run_id: int, refs: Sequence[str]) -> set[str]:
@@ -138,16 +237,24 @@ class LogMixin(Database):
 
     # -- activities (record timelines) ------------------------------------------
     def add_activities(self, c: sa.Connection, rows: Sequence[dict[str, Any]]) -> None:
+        """Timeline rows; one with ``text`` '' is its outcome's (``outcome_id``) entry,
+        rendered from it when read."""
         if rows:
-            c.execute(sa.insert(S.activities), list(rows))
+            c.execute(_ACTIVITY_INSERT, list(rows))
+
+    def _activity_columns(self, c: sa.Connection) -> list[Any]:
+        a = S.activities
+        v6 = self._timeline_from(c) is not None
+        return [a.c[n] for n in ACTIVITY_COLUMNS if v6 or n != "outcome_id"]
 
     def undelivered_activities(
         self, c: sa.Connection, link: str, prefix: str, limit: int
     ) -> list[tuple[int, str, str]]:
         """Entries of ``link`` waiting to be written into the target, oldest first."""
-        a = S.activities
+        a, o = S.activities, S.outcomes
         q = (
-            sa.select(a.c.id, a.c.record_ref, a.c.text)
+            sa.select(a.c.id, a.c.record_ref, a.c.text, *o.c)
+            .select_from(a.outerjoin(o, o.c.id == a.c.outcome_id))
             .where(
                 a.c.deliver.is_(True),
                 a.c.delivered_at.is_(None),
@@ -157,7 +264,15 @@ class LogMixin(Database):
             .order_by(a.c.id)
             .limit(limit)
         )
-        return [(int(r[0]), str(r[1]), str(r[2])) for r in c.execute(q)]
+        rows = [(int(r[0]), str(r[1]), str(r[2]), dict(zip(o.c.keys(), r[3:], strict=True)))
+                for r in c.execute(q)]
+        created = created_values(self, c, [x[3] for x in rows if not x[2] and x[3]["id"]])
+        out = []
+        for aid, ref, text, orow in rows:
+            if not text and orow["id"] is not None:
+                text = outcome_text(orow, created.get((orow["link"], orow["source_ref"]))) or ""
+            out.append((aid, ref, text))
+        return out
 
     def mark_activities_delivered(
         self, c: sa.Connection, done: Sequence[tuple[int, str | None]], now: datetime
@@ -194,10 +309,62 @@ class LogMixin(Database):
         return [(str(r[0]), str(r[1])) for r in c.execute(q)]
 
     def activities(self, record: str, limit: int = 100) -> list[dict[str, Any]]:
-        """A record's timeline, newest first: entries on it and entries naming it
-        (the target's entries name their source and related records)."""
-        a = S.activities
-        q = sa.select(a).where(activity_refs([record])).order_by(a.c.id.desc()).limit(limit)
-        with self.connect() as c:
-            return [dict(r._mapping) for r in c.execute(q)]
+        """A record's timeline, newest first: its outcomes as source or target, told
+        in words, and the rows on it or naming it (delivered notes, entries naming
+        it as a related record, erasure entries, entries stored before v6).
 
+        A derived entry's ``id`` is its outcome's; a row's is its own.
+        """
+        a, o = S.activities, S.outcomes
+        with self.connect() as c:
+            cols = self._activity_columns(c)
+            q = sa.select(*cols).where(activity_refs([record])).order_by(a.c.id.desc())
+            rows = [dict(r._mapping) for r in c.execute(q.limit(limit))]
+            since = self._timeline_from(c)
+            if since is None:  # a state older than v6: every entry is a row
+                return rows
+            told = sa.select(o).where(
+                sa.or_(o.c.source_ref == record, o.c.target_ref == record),
+                o.c.target_ref.is_not(None),
+                o.c.action.in_(TIMELINE_ACTIONS),
+                o.c.id >= since,
+            )
+            outs = {
+                r.id: dict(r._mapping)
+                for r in c.execute(told.order_by(o.c.id.desc()).limit(limit))
+            }
+            have = {r["outcome_id"] for r in rows}
+            if missing := [i for i in outs if i not in have]:
+                # Their rows (a delivered note) no longer name the record (erasure).
+                q = sa.select(*cols).where(self.in_keys(a.c.outcome_id, missing))
+                rows += [dict(r._mapping) for r in c.execute(q)]
+            if need := [r["outcome_id"] for r in rows if r["outcome_id"] is not None
+                        and r["outcome_id"] not in outs and not r["text"]]:
+                q = sa.select(o).where(self.in_keys(o.c.id, need))
+                outs.update({r.id: dict(r._mapping) for r in c.execute(q)})
+            created = created_values(self, c, outs.values())
+        entries: list[dict[str, Any]] = []
+        for r in rows:
+            orow = outs.get(r["outcome_id"])
+            if not r["text"] and orow is not None:
+                r["text"] = outcome_text(
+                    orow, created.get((orow["link"], orow["source_ref"]))
+                ) or ""
+            entries.append(r)
+        have = {r["outcome_id"] for r in rows}
+        for oid, orow in outs.items():
+            if oid in have:
+                continue
+            text = outcome_text(orow, created.get((orow["link"], orow["source_ref"])))
+            if text is None:
+                continue
+            entries.append({
+                "id": oid, "link": orow["link"], "record_ref": orow["target_ref"],
+                "at": orow["at"], "kind": orow["action"], "text": text, "deliver": False,
+                "delivered_at": None, "external_id": None,
+                "mentions": f" {orow['source_ref']} " if orow["source_ref"] else None,
+                "outcome_id": oid,
+            })
+        # Newest first; within one instant (one batch) in the order logged.
+        entries.sort(key=lambda e: (e["at"], e.get("outcome_id") or e["id"]), reverse=True)
+        return entries[:limit]

@@ -79,6 +79,10 @@ identities = sa.Table(
     sa.Column("target_version", sa.Text, nullable=True),
     sa.Column("deleted", sa.Boolean, nullable=False, default=False),
     sa.Column("updated_at", sa.DateTime, nullable=False),
+    # v6: the values a crmsync create wrote, for its log entry (which does not
+    # copy them): '' while they are still the shadow; the shadow is copied here
+    # when it first changes. NULL: the pair's log holds its own values.
+    sa.Column("first_shadow", sa.Text, nullable=True),
 )
 sa.Index("crmsync_identities_target", identities.c.link, identities.c.target_id, unique=True)
 
@@ -226,6 +230,10 @@ activities = sa.Table(
     # Other records the entry is about (" ref ref "): its source, and related
     # records such as a deal's person, whose erasure removes this entry too.
     sa.Column("mentions", sa.Text, nullable=True),
+    # v6: the outcome the entry tells; its text is '' when rendered from that
+    # outcome when read. Outcomes are the timeline: a row is kept only for what an
+    # outcome does not hold (delivery, related records, erasure).
+    sa.Column("outcome_id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), nullable=True),
 )
 sa.Index("crmsync_activities_ref", activities.c.record_ref, activities.c.id)
 sa.Index("crmsync_activities_undelivered", activities.c.deliver, activities.c.delivered_at)
@@ -270,6 +278,27 @@ def _v5(conn: sa.Connection) -> None:
     metadata.create_all(conn, tables=[activities, erased], checkfirst=True)
 
 
+# The first outcome id whose timeline entry is rendered from the outcome (v6);
+# earlier outcomes have their entry stored as text in crmsync_activities.
+TIMELINE_FROM = "timeline_from_outcome"
+
+
+def _v6(conn: sa.Connection) -> None:
+    """Timelines rendered from outcomes; a create's logged values kept with its pair."""
+    insp = sa.inspect(conn)
+    big = "BIGINT" if conn.dialect.name == "postgresql" else "INTEGER"
+    # Fixed DDL of our own (no input reaches it); the types are portable.
+    if "outcome_id" not in {c["name"] for c in insp.get_columns(activities.name)}:
+        conn.execute(sa.text(f"ALTER TABLE crmsync_activities ADD COLUMN outcome_id {big}"))
+    if "first_shadow" not in {c["name"] for c in insp.get_columns(identities.name)}:
+        conn.execute(sa.text("ALTER TABLE crmsync_identities ADD COLUMN first_shadow TEXT"))
+    have = conn.execute(sa.select(meta.c.value).where(meta.c.key == TIMELINE_FROM)).scalar()
+    if have is None:
+        # Outcomes logged so far have their timeline entry stored as text already.
+        last = conn.execute(sa.select(sa.func.max(outcomes.c.id))).scalar() or 0
+        conn.execute(sa.insert(meta).values(key=TIMELINE_FROM, value=str(int(last) + 1)))
+
+
 # Step n brings the schema from version n-1 to n.
-MIGRATIONS: list[Callable[[sa.Connection], None]] = [_v1, _v2, _v3, _v4, _v5]
+MIGRATIONS: list[Callable[[sa.Connection], None]] = [_v1, _v2, _v3, _v4, _v5, _v6]
 SCHEMA_VERSION = len(MIGRATIONS)
