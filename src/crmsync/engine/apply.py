@@ -30,7 +30,6 @@ from typing import Any
 import sqlalchemy as sa
 
 from crmsync.connectors.base import Connector
-from crmsync.engine.activity import HEADLINES, activity_text
 from crmsync.engine.capture import queue_failed
 from crmsync.engine.decide import (
     Decisions,
@@ -46,6 +45,7 @@ from crmsync.engine.trigger import seen_values
 from crmsync.model import Action, Outcome, Record, RecordRef, Side
 from crmsync.state.log import CREATED_FROM_PAIR
 from crmsync.state.store import Identity, StateStore, dumps, utcnow
+from crmsync.state.timeline import HEADLINES, activity_text
 
 log = logging.getLogger(__name__)
 
@@ -386,17 +386,16 @@ class Applier:
             out = p.outcome
             res.outcomes.append(out)
             res.count(out)
-            shadow_json = None
+            saved = False
             # A new pair's create is logged as the pair's values (kept by the pair).
             new_pair = out.action is Action.CREATED and read.data.pairs.get(p.source_id) is None
             if p.save_identity and p.shadow is not None and not self.dry_run:
-                # Encoded once: the identity's shadow and a create's log entry share it.
-                shadow_json = dumps(p.shadow)
+                saved = True
                 identity_rows.append(
                     {
                         "source_id": p.source_id,
                         "target_id": p.target_id,
-                        "shadow": shadow_json,
+                        "shadow": p.shadow,
                         "source_version": p.source_version,
                         "target_version": p.target_version,
                         "deleted": p.deleted,
@@ -411,9 +410,9 @@ class Applier:
                 or out.action is Action.FAILED
             )  # met before in this run and nothing written now: logged already
             if out.action is not Action.UNCHANGED and not out.quiet and not again:
-                if out.action is Action.CREATED and shadow_json is not None:
+                if out.action is Action.CREATED and saved:
                     fields_json = (
-                        CREATED_FROM_PAIR if new_pair else '{"created":' + shadow_json + "}"
+                        CREATED_FROM_PAIR if new_pair else dumps({"created": p.shadow})
                     )
                 else:
                     fields_json = dumps([f.to_json() for f in out.fields])

@@ -1,7 +1,7 @@
 """The log: runs, per-record outcomes, and record timelines (activities).
 
 A record's timeline is its outcomes, each told in words when read
-(``engine.activity.activity_text``); ``crmsync_activities`` keeps a row only
+(``state.timeline.activity_text``); ``crmsync_activities`` keeps a row only
 for what an outcome does not hold: delivery into a system's own timeline,
 related records an entry names, erasure entries, and the stored text of
 entries logged before schema v6.
@@ -16,10 +16,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from crmsync.engine.activity import HEADLINES, activity_text
 from crmsync.model import Action, FieldOutcome, FieldStatus, Outcome
 from crmsync.state import schema as S
 from crmsync.state.db import Database, chunks, dumps, utcnow
+from crmsync.state.timeline import HEADLINES, activity_text
 
 OUTCOME_COLUMNS = (
     "run_id", "link", "source_ref", "target_ref", "action", "status", "fields", "message", "at",
@@ -108,7 +108,7 @@ def created_values(
             i.c.link == link, db.in_keys(i.c.source_id, list(refs))
         )
         for sid, first, shadow in c.execute(q):
-            out[(link, refs[sid])] = json.loads(first or shadow)
+            out[(link, refs[sid])] = db.decode_shadow(c, first or shadow)
     return out
 
 

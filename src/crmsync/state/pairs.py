@@ -95,7 +95,7 @@ class PairsMixin(Database):
             t.c.deleted,
         ).where(t.c.link == link, self.in_keys(col, list(ids)))
         for r in c.execute(q):
-            ident = Identity(r[0], r[1], json.loads(r[2]), r[3], r[4], bool(r[5]))
+            ident = Identity(r[0], r[1], self.decode_shadow(c, r[2]), r[3], r[4], bool(r[5]))
             out[ident.source_id if key == "source" else ident.target_id or ""] = ident
         return out
 
@@ -119,12 +119,15 @@ class PairsMixin(Database):
                 .values(first_shadow=None)
             )
         now = self.ts(utcnow())
+        shadows = iter(self.encode_shadows(
+            c, [r["shadow"] for r in rows if not isinstance(r["shadow"], str)]
+        ))
         payload = [
             {
                 "link": link,
                 "source_id": r["source_id"],
                 "target_id": r["target_id"],
-                "shadow": r["shadow"] if isinstance(r["shadow"], str) else dumps(r["shadow"]),
+                "shadow": r["shadow"] if isinstance(r["shadow"], str) else next(shadows),
                 "source_version": r.get("source_version"),
                 "target_version": r.get("target_version"),
                 "deleted": bool(r.get("deleted", False)),

@@ -247,6 +247,18 @@ erased = sa.Table(
     sa.Column("erased_by", sa.String(128), nullable=False),
 )
 
+# -- v6: compact shadows -------------------------------------------------------------
+
+# The key lists of shadows, so a shadow is stored as ``[shape, value, ...]``
+# instead of repeating its keys on every pair. The id is a checksum of the
+# keys (no id to allocate, so a rolled-back batch leaves nothing stale).
+shapes = sa.Table(
+    "crmsync_shapes",
+    metadata,
+    sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("names", sa.Text, nullable=False),  # the keys, a JSON list
+)
+
 V1_TABLES = [meta, cursors, messages, identities, runs, outcomes]
 V2_TABLES = [tokens, audit, webhook_deliveries, pushed_records, link_state]
 
@@ -284,7 +296,8 @@ TIMELINE_FROM = "timeline_from_outcome"
 
 
 def _v6(conn: sa.Connection) -> None:
-    """Timelines rendered from outcomes; a create's logged values kept with its pair."""
+    """Timelines rendered from outcomes; a create's logged values kept with its pair;
+    shadows stored without their keys (``shapes``)."""
     insp = sa.inspect(conn)
     big = "BIGINT" if conn.dialect.name == "postgresql" else "INTEGER"
     # Fixed DDL of our own (no input reaches it); the types are portable.
@@ -292,6 +305,7 @@ def _v6(conn: sa.Connection) -> None:
         conn.execute(sa.text(f"ALTER TABLE crmsync_activities ADD COLUMN outcome_id {big}"))
     if "first_shadow" not in {c["name"] for c in insp.get_columns(identities.name)}:
         conn.execute(sa.text("ALTER TABLE crmsync_identities ADD COLUMN first_shadow TEXT"))
+    metadata.create_all(conn, tables=[shapes], checkfirst=True)
     have = conn.execute(sa.select(meta.c.value).where(meta.c.key == TIMELINE_FROM)).scalar()
     if have is None:
         # Outcomes logged so far have their timeline entry stored as text already.
