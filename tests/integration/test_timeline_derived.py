@@ -40,10 +40,21 @@ def test_a_create_and_an_update_are_told_from_their_outcomes(sc: Scenario) -> No
     target, source = f"crm.company:{cid}", "erp.customer:C00001"
     with sa.create_engine(sc.state_url).connect() as c:
         assert c.execute(sa.select(sa.func.count()).select_from(S.activities)).scalar() == 0
-        (stored,) = c.execute(
-            sa.select(S.outcomes.c.fields).where(S.outcomes.c.source_ref == source)
-        ).scalars()
-    assert stored == '{"created":null}'  # the values are the pair's, not copied
+        # one page row for the batch's plain creates; the values are the pairs'
+        (page,) = c.execute(
+            sa.select(S.outcomes).where(S.outcomes.c.action == "created")).all()
+        created_in = c.execute(sa.select(S.identities.c.created_in)).scalars().all()
+    assert (page.source_ref, page.target_ref, page.action, page.records) == (
+        "erp.customer:", "crm.company:", "created", 4)
+    crm = sc.crm_rows()
+    assert json.loads(page.fields)["page"] == [
+        [k, str(crm[k]["id"])] for k in ("C00000", "C00001", "C00005", "C00006")]
+    assert created_in == [page.id] * 4
+    (logged,) = sc.outcomes(record=source)
+    assert (logged["source_ref"], logged["target_ref"], logged["action"]) == (
+        source, target, "created")
+    assert sc.outcomes(record=target) == [logged]
+    assert len(sc.outcomes(status="created")) == 4
 
     (created,) = _timeline(sc, target)
     assert (created["kind"], created["record_ref"], created["link"]) == (

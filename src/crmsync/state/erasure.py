@@ -16,7 +16,13 @@ import sqlalchemy as sa
 from crmsync.model import REQUEST_ACTIONS
 from crmsync.state import schema as S
 from crmsync.state.db import Database, chunks, dumps
-from crmsync.state.log import activity_refs, created_values, expand_fields
+from crmsync.state.log import (
+    activity_refs,
+    created_values,
+    expand_fields,
+    page_entries,
+    split_from_page,
+)
 from crmsync.state.pairs import Identity
 
 
@@ -129,6 +135,9 @@ class ErasureMixin(Database):
         """
         o = S.outcomes
         n = 0
+        for ref in dict.fromkeys(refs):  # creates logged in a page get a row of their own
+            for entry in page_entries(self, c, ref):
+                split_from_page(self, c, entry)
         for chunk in chunks(list(dict.fromkeys(refs)), 250):
             rows = [
                 dict(r._mapping)

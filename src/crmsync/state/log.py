@@ -27,6 +27,11 @@ OUTCOME_COLUMNS = (
 # Built once: ``_executemany`` caches its compiled form (the apply hot path).
 _OUTCOME_INSERT = sa.insert(S.outcomes).values({k: sa.bindparam(k) for k in OUTCOME_COLUMNS})
 _OUTCOME_RETURNING = _OUTCOME_INSERT.returning(S.outcomes.c.id)
+_PAGE_INSERT = (
+    sa.insert(S.outcomes)
+    .values({k: sa.bindparam(k) for k in (*OUTCOME_COLUMNS, "records")})
+    .returning(S.outcomes.c.id)
+)
 
 
 # A create's log entry whose values are its pair's (``first_shadow``, else the
@@ -112,6 +117,84 @@ def created_values(
     return out
 
 
+def _split_ref(ref: str) -> tuple[str, str]:
+    """``"erp.customer:C1"`` -> ``("erp.customer:", "C1")``."""
+    head, _, rid = ref.partition(":")
+    return head + ":", rid
+
+
+def _plain_create(r: dict[str, Any]) -> bool:
+    """A create of a new pair that wrote every value and tells nothing else: it
+    goes into its batch's page row."""
+    return (
+        r["fields"] == CREATED_FROM_PAIR and r["status"] == "ok" and r["message"] is None
+        and "timeline" not in r and bool(r["source_ref"]) and bool(r["target_ref"])
+    )
+
+
+def _page_entry(page: dict[str, Any], sid: str, tid: str) -> dict[str, Any]:
+    """One record's outcome in a page row, as a row of its own reads."""
+    out = {**page, "source_ref": page["source_ref"] + sid, "target_ref": page["target_ref"] + tid,
+           "fields": CREATED_FROM_PAIR}
+    out.pop("records", None)
+    return out
+
+
+def expand_pages(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Outcome rows with each page row as its records' rows (newest first, as listed)."""
+    out: list[dict[str, Any]] = []
+    for r in rows:
+        if r.get("records") is None:
+            r.pop("records", None)
+            out.append(r)
+            continue
+        for sid, tid in reversed(json.loads(r["fields"])["page"]):
+            out.append(_page_entry(r, sid, tid))
+    return out
+
+
+def page_entries(db: Database, c: sa.Connection, record: str) -> list[dict[str, Any]]:
+    """The outcomes of ``record`` logged in page rows (its create, on each link that
+    created it), each as a row of its own reads."""
+    o, i = S.outcomes, S.identities
+    prefix, rid = _split_ref(record)
+    out: list[dict[str, Any]] = []
+    for ref_col, id_col in ((o.c.source_ref, i.c.source_id), (o.c.target_ref, i.c.target_id)):
+        # The links with pages on this object: few, found through the ref index.
+        links = c.execute(
+            sa.select(o.c.link).where(ref_col == prefix, o.c.records.is_not(None)).distinct()
+        ).scalars().all()
+        if not links:
+            continue
+        q = sa.select(i.c.created_in, i.c.source_id, i.c.target_id).where(
+            i.c.link.in_(links), id_col == rid, i.c.created_in.is_not(None)
+        )
+        for pid, sid, tid in c.execute(q).all():
+            page = c.execute(sa.select(o).where(o.c.id == pid)).first()
+            if page is not None:
+                out.append(_page_entry(dict(page._mapping), sid, tid or ""))
+    return out
+
+
+def split_from_page(db: Database, c: sa.Connection, entry: dict[str, Any]) -> None:
+    """Take a record's create out of its page into a row of its own (an erasure
+    scrubs that row)."""
+    o, i = S.outcomes, S.identities
+    page = c.execute(sa.select(o.c.fields, o.c.records).where(o.c.id == entry["id"])).first()
+    if page is None:
+        return
+    sid = _split_ref(entry["source_ref"])[1]
+    members = [m for m in json.loads(page[0])["page"] if m[0] != sid]
+    if members:
+        c.execute(sa.update(o).where(o.c.id == entry["id"]).values(
+            fields=dumps({"page": members}), records=len(members)))
+    else:
+        c.execute(sa.delete(o).where(o.c.id == entry["id"]))
+    c.execute(sa.insert(o).values({k: entry[k] for k in OUTCOME_COLUMNS}))
+    c.execute(sa.update(i).where(i.c.link == entry["link"], i.c.source_id == sid)
+              .values(created_in=None))
+
+
 def mentioning(refs: Sequence[str]) -> Any:
     """Entries whose ``mentions`` name one of ``refs``."""
     m = S.activities.c.mentions
@@ -151,15 +234,39 @@ class LogMixin(Database):
         ``add_activities``) has that row's ``outcome_id`` set to its id."""
         if not rows:
             return
-        if not any("timeline" in r for r in rows):
-            self._executemany(c, _OUTCOME_INSERT, list(rows))
-            return
-        # A target with notes or related records: one insert per row for the ids,
-        # in order (the ids order the log).
+        pages: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+        rest: list[dict[str, Any]] = []
         for r in rows:
-            oid = self._insert_returning_id(c, _OUTCOME_RETURNING, r)
-            if "timeline" in r:
-                r["timeline"]["outcome_id"] = oid
+            if _plain_create(r):
+                pages.setdefault((r["run_id"], r["link"], r["at"]), []).append(r)
+            else:
+                rest.append(r)
+        if not any("timeline" in r for r in rest):
+            if rest:
+                self._executemany(c, _OUTCOME_INSERT, rest)
+        else:
+            # A target with notes or related records: one insert per row for the
+            # ids, in order (the ids order the log).
+            for r in rest:
+                oid = self._insert_returning_id(c, _OUTCOME_RETURNING, r)
+                if "timeline" in r:
+                    r["timeline"]["outcome_id"] = oid
+        for (run_id, link, at), members in pages.items():
+            sp = _split_ref(members[0]["source_ref"])[0]
+            tp = _split_ref(members[0]["target_ref"])[0]
+            ids = [[m["source_ref"][len(sp):], m["target_ref"][len(tp):]] for m in members]
+            page = {
+                "run_id": run_id, "link": link, "source_ref": sp, "target_ref": tp,
+                "action": "created", "status": "ok", "fields": dumps({"page": ids}),
+                "message": None, "at": at, "records": len(ids),
+            }
+            pid = self._insert_returning_id(c, _PAGE_INSERT, page)
+            i = S.identities
+            c.execute(
+                sa.update(i)
+                .where(i.c.link == link, self.in_keys(i.c.source_id, [x[0] for x in ids]))
+                .values(created_in=pid)
+            )
 
     def _timeline_from(self, c: sa.Connection) -> int | None:
         """The first outcome id whose timeline entry is rendered from it; None on a
@@ -182,15 +289,21 @@ class LogMixin(Database):
         limit: int = 100,
     ) -> list[dict[str, Any]]:
         o = S.outcomes
-        q = sa.select(o).order_by(o.c.id.desc()).limit(limit)
-        if link:
-            q = q.where(o.c.link == link)
-        if status:
-            q = q.where(sa.or_(o.c.status == status, o.c.action == status))
-        if record:
-            q = q.where(sa.or_(o.c.source_ref == record, o.c.target_ref == record))
         with self.connect() as c:
-            rows = [dict(r._mapping) for r in c.execute(q)]
+            v6 = self._timeline_from(c) is not None  # a read-only store may be older
+            q = sa.select(*(col for col in o.c if v6 or col.name != "records"))
+            q = q.order_by(o.c.id.desc()).limit(limit)
+            if link:
+                q = q.where(o.c.link == link)
+            if status:
+                q = q.where(sa.or_(o.c.status == status, o.c.action == status))
+            if record:
+                q = q.where(sa.or_(o.c.source_ref == record, o.c.target_ref == record))
+            rows = expand_pages(dict(r._mapping) for r in c.execute(q))
+            if record and v6 and status in (None, "ok", "created"):
+                rows += [e for e in page_entries(self, c, record) if link in (None, e["link"])]
+                rows.sort(key=lambda r: r["id"], reverse=True)
+            rows = rows[:limit]
             created = created_values(self, c, rows)
         for r in rows:
             r["fields"] = expand_fields(
@@ -201,11 +314,24 @@ class LogMixin(Database):
     def run_logged_refs(self, c: sa.Connection, run_id: int, refs: Sequence[str]) -> set[str]:
         """Which of the source refs already have an outcome logged by run ``run_id``
         (on the caller's connection: apply gathers all it reads on one)."""
-        o = S.outcomes
+        o, i = S.outcomes, S.identities
         found: set[str] = set()
         for chunk in chunks(list(refs), 500):
             q = sa.select(o.c.source_ref).where(o.c.run_id == run_id, o.c.source_ref.in_(chunk))
             found.update(r[0] for r in c.execute(q))
+        by_prefix: dict[str, list[str]] = {}
+        for ref in refs:
+            prefix, rid = _split_ref(ref)
+            by_prefix.setdefault(prefix, []).append(rid)
+        for prefix, rids in by_prefix.items():
+            pages = c.execute(sa.select(o.c.id, o.c.link).where(
+                o.c.source_ref == prefix, o.c.run_id == run_id, o.c.records.is_not(None))).all()
+            for link in {p[1] for p in pages}:
+                q = sa.select(i.c.source_id).where(
+                    i.c.link == link, self.in_keys(i.c.source_id, rids),
+                    i.c.created_in.in_([p[0] for p in pages if p[1] == link]),
+                )
+                found.update(prefix + sid for sid in c.execute(q).scalars())
         return found
 
     def runs(self, link: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
@@ -232,7 +358,8 @@ class LogMixin(Database):
 
     def outcome_counts(self, c: sa.Connection) -> dict[tuple[str, str], int]:
         o = S.outcomes
-        q = sa.select(o.c.link, o.c.status, sa.func.count()).group_by(o.c.link, o.c.status)
+        n = sa.func.sum(sa.func.coalesce(o.c.records, 1))  # a page row counts its records
+        q = sa.select(o.c.link, o.c.status, n).group_by(o.c.link, o.c.status)
         return {(link, status): n for link, status, n in c.execute(q)}
 
     # -- activities (record timelines) ------------------------------------------
@@ -333,6 +460,7 @@ class LogMixin(Database):
                 r.id: dict(r._mapping)
                 for r in c.execute(told.order_by(o.c.id.desc()).limit(limit))
             }
+            outs.update({e["id"]: e for e in page_entries(self, c, record)})
             have = {r["outcome_id"] for r in rows}
             if missing := [i for i in outs if i not in have]:
                 # Their rows (a delivered note) no longer name the record (erasure).

@@ -83,6 +83,9 @@ identities = sa.Table(
     # copy them): '' while they are still the shadow; the shadow is copied here
     # when it first changes. NULL: the pair's log holds its own values.
     sa.Column("first_shadow", sa.Text, nullable=True),
+    # v6: the outcome row of the page of creates this pair was created in (its
+    # create is logged there, see outcomes.records).
+    sa.Column("created_in", sa.BigInteger().with_variant(sa.Integer, "sqlite"), nullable=True),
 )
 sa.Index("crmsync_identities_target", identities.c.link, identities.c.target_id, unique=True)
 
@@ -114,6 +117,10 @@ outcomes = sa.Table(
     sa.Column("fields", sa.Text, nullable=False, default="[]"),
     sa.Column("message", sa.Text, nullable=True),
     sa.Column("at", sa.DateTime, nullable=False),
+    # v6: a page of plain creates (a batch's new pairs, every value written): one
+    # row for ``records`` records, source_ref/target_ref the two ref prefixes,
+    # fields {"page": [[source id, target id], ...]}; NULL on a row of one record.
+    sa.Column("records", sa.Integer, nullable=True),
 )
 sa.Index("crmsync_outcomes_source", outcomes.c.source_ref)
 sa.Index("crmsync_outcomes_target", outcomes.c.target_ref)
@@ -296,15 +303,20 @@ TIMELINE_FROM = "timeline_from_outcome"
 
 
 def _v6(conn: sa.Connection) -> None:
-    """Timelines rendered from outcomes; a create's logged values kept with its pair;
-    shadows stored without their keys (``shapes``)."""
+    """Timelines rendered from outcomes; a create's logged values kept with its pair,
+    plain creates logged a page per row; shadows stored without their keys."""
     insp = sa.inspect(conn)
     big = "BIGINT" if conn.dialect.name == "postgresql" else "INTEGER"
     # Fixed DDL of our own (no input reaches it); the types are portable.
     if "outcome_id" not in {c["name"] for c in insp.get_columns(activities.name)}:
         conn.execute(sa.text(f"ALTER TABLE crmsync_activities ADD COLUMN outcome_id {big}"))
-    if "first_shadow" not in {c["name"] for c in insp.get_columns(identities.name)}:
+    have_i = {c["name"] for c in insp.get_columns(identities.name)}
+    if "first_shadow" not in have_i:
         conn.execute(sa.text("ALTER TABLE crmsync_identities ADD COLUMN first_shadow TEXT"))
+    if "created_in" not in have_i:
+        conn.execute(sa.text(f"ALTER TABLE crmsync_identities ADD COLUMN created_in {big}"))
+    if "records" not in {c["name"] for c in insp.get_columns(outcomes.name)}:
+        conn.execute(sa.text("ALTER TABLE crmsync_outcomes ADD COLUMN records INTEGER"))
     metadata.create_all(conn, tables=[shapes], checkfirst=True)
     have = conn.execute(sa.select(meta.c.value).where(meta.c.key == TIMELINE_FROM)).scalar()
     if have is None:
