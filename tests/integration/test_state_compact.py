@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import zlib
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -13,6 +15,7 @@ from dbs import fresh_database
 from crmsync.state import schema as S
 from crmsync.state.store import StateStore, dumps
 
+T0 = datetime(2026, 1, 1)
 STATE = [pytest.param("sqlite"), pytest.param("postgresql", marks=pytest.mark.postgresql)]
 
 
@@ -61,5 +64,50 @@ def test_a_checksum_taken_by_other_keys_keeps_the_keys_in_the_row(tmp_path: Path
             assert st.identities_by_source(c, "l", ["1"])["1"].shadow == shadow
             text = c.execute(sa.select(S.identities.c.shadow)).scalar()
         assert json.loads(text) == shadow
+    finally:
+        st.close()
+
+
+def test_key_lookups_of_pairs_use_an_index(tmp_path: Path) -> None:
+    """Pairs are found by key through an index (never a scan of the link's pairs),
+    whether asked by source or by target id; the plans SQLite chose are checked."""
+    st = StateStore(f"sqlite:///{tmp_path / 'state.db'}")
+    try:
+        st.migrate()
+        with st.begin() as c:
+            for link in ("a", "b"):
+                st.save_identities(c, link, [
+                    {"source_id": f"S{n}", "target_id": f"T{n}", "shadow": {"name": f"n{n}"},
+                     "first_shadow": ""} for n in range(300)
+                ])
+            st.add_outcomes(c, [
+                {"run_id": 1, "link": "a", "source_ref": f"erp.customer:S{n}",
+                 "target_ref": f"crm.company:T{n}", "action": "created", "status": "ok",
+                 "fields": '{"created":null}', "message": None, "at": st.ts(T0)}
+                for n in range(300)
+            ])
+        seen: list[tuple[str, Any]] = []
+        sa.event.listen(st.engine, "before_cursor_execute",
+                        lambda _c, _cur, stmt, params, _ctx, _many: seen.append((stmt, params)))
+        with st.connect() as c:
+            assert set(st.identities_by_target(c, "a", ["T1", "T2"])) == {"T1", "T2"}
+            assert set(st.identities_by_source(c, "a", ["S1", "S2"])) == {"S1", "S2"}
+            assert st.identity_pairs(c, "a", target_ids=["T3"]) == [("S3", "T3")]
+            assert st.record_known(c, "crm.company:T4", [("a", "target")])
+            assert st.run_logged_refs(c, 1, ["erp.customer:S5"]) == {"erp.customer:S5"}
+        assert [o["source_ref"] for o in st.outcomes(record="crm.company:T6")] == [
+            "erp.customer:S6"]
+        assert len(st.activities("crm.company:T7")) == 1
+        plans = []
+        with st.connect() as c:
+            for stmt, params in seen:
+                if stmt.lstrip().upper().startswith("SELECT") and "crmsync_identities" in stmt:
+                    plan = [r[3] for r in c.exec_driver_sql("EXPLAIN QUERY PLAN " + stmt, params)]
+                    plans.append((stmt, plan))
+        assert plans
+        for stmt, plan in plans:
+            bad = [d for d in plan if d.startswith("SCAN crmsync_identities")
+                   or d.endswith("PRIMARY KEY (link=?)")]
+            assert not bad, (stmt, plan)
     finally:
         st.close()

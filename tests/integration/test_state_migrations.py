@@ -203,6 +203,16 @@ def test_upgrade_keeps_data(backend: str, version: int, tmp_path: Path) -> None:
 
 
 def _check_rows_kept(st: StateStore, version: int) -> None:
+    if st.dialect == "sqlite":  # v6: rebuilt as WITHOUT ROWID, rows kept (checked below)
+        with st.connect() as c:
+            for t in (S.identities, S.trigger_seen):
+                sql = c.execute(sa.text("SELECT sql FROM sqlite_master WHERE name = :n"),
+                                {"n": t.name}).scalar()
+                assert "WITHOUT ROWID" in sql, t.name
+            indexes = {r[0] for r in c.exec_driver_sql(
+                "SELECT name FROM sqlite_master WHERE type = 'index'")}
+            assert "crmsync_identities_target" in indexes
+            assert not {n for n in indexes if n.endswith("_rowid")}
     with st.connect() as c:
         for t, rows in _seeded(version).items():
             names = sorted({k for r in rows for k in r})

@@ -90,6 +90,11 @@ class PairsMixin(Database):
     ) -> dict[str, Identity]:
         t = S.identities
         out: dict[str, Identity] = {}
+        if key == "target":
+            # Through the target index alone (it holds the key): SQLite's planner,
+            # asked for the whole row of a WITHOUT ROWID table, would scan the link.
+            ids = self.source_ids_of(c, link, ids)
+            col = t.c.source_id
         q = sa.select(
             t.c.source_id, t.c.target_id, t.c.shadow, t.c.source_version, t.c.target_version,
             t.c.deleted,
@@ -98,6 +103,14 @@ class PairsMixin(Database):
             ident = Identity(r[0], r[1], self.decode_shadow(c, r[2]), r[3], r[4], bool(r[5]))
             out[ident.source_id if key == "source" else ident.target_id or ""] = ident
         return out
+
+    def source_ids_of(self, c: sa.Connection, link: str, target_ids: Sequence[str]) -> list[str]:
+        """The source ids paired with ``target_ids`` (read from the target index only)."""
+        t = S.identities
+        q = sa.select(t.c.source_id).where(
+            t.c.link == link, self.in_keys(t.c.target_id, list(target_ids))
+        )
+        return list(c.execute(q).scalars())
 
     def save_identities(
         self, c: sa.Connection, link: str, rows: Sequence[dict[str, Any]], *, scrub: bool = False

@@ -86,6 +86,8 @@ identities = sa.Table(
     # v6: the outcome row of the page of creates this pair was created in (its
     # create is logged there, see outcomes.records).
     sa.Column("created_in", sa.BigInteger().with_variant(sa.Integer, "sqlite"), nullable=True),
+    # v6, SQLite: the primary key is the row (no rowid b-tree beside the key's index).
+    sqlite_with_rowid=False,
 )
 sa.Index("crmsync_identities_target", identities.c.link, identities.c.target_id, unique=True)
 
@@ -213,6 +215,7 @@ trigger_seen = sa.Table(
     sa.Column("source_id", sa.String(255), primary_key=True),
     sa.Column("seen", sa.Text, nullable=False),
     sa.Column("updated_at", sa.DateTime, nullable=False),
+    sqlite_with_rowid=False,  # v6
 )
 
 # -- v5: timelines and erasure -----------------------------------------------------
@@ -323,6 +326,30 @@ def _v6(conn: sa.Connection) -> None:
         # Outcomes logged so far have their timeline entry stored as text already.
         last = conn.execute(sa.select(sa.func.max(outcomes.c.id))).scalar() or 0
         conn.execute(sa.insert(meta).values(key=TIMELINE_FROM, value=str(int(last) + 1)))
+    _without_rowid(conn, identities)
+    _without_rowid(conn, trigger_seen)
+
+
+def _without_rowid(conn: sa.Connection, table: sa.Table) -> None:
+    """SQLite: rebuild ``table`` as WITHOUT ROWID, its rows kept (the primary key
+    is the row: one b-tree instead of a rowid table plus the key's index)."""
+    if conn.dialect.name != "sqlite":
+        return
+    sql = conn.execute(
+        sa.text("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = :n"),
+        {"n": table.name},
+    ).scalar()
+    if sql is None or "WITHOUT ROWID" in sql.upper():
+        return
+    # Fixed names of our own tables (no input reaches this DDL).
+    old = f"{table.name}_rowid"
+    cols = ", ".join(r[1] for r in conn.exec_driver_sql(f"PRAGMA table_info({table.name})"))
+    conn.exec_driver_sql(f"ALTER TABLE {table.name} RENAME TO {old}")
+    for ix in table.indexes:
+        conn.exec_driver_sql(f"DROP INDEX IF EXISTS {ix.name}")
+    table.create(conn)
+    conn.exec_driver_sql(f"INSERT INTO {table.name} ({cols}) SELECT {cols} FROM {old}")
+    conn.exec_driver_sql(f"DROP TABLE {old}")
 
 
 # Step n brings the schema from version n-1 to n.
