@@ -111,3 +111,44 @@ def test_key_lookups_of_pairs_use_an_index(tmp_path: Path) -> None:
             assert not bad, (stmt, plan)
     finally:
         st.close()
+
+
+@pytest.mark.parametrize("backend", STATE)
+def test_a_note_is_rendered_from_its_outcome_when_delivered(backend: str, tmp_path: Path) -> None:
+    """A target with its own timeline: the row holds the delivery, its text is the
+    outcome's, rendered when the note is written and when the timeline is read."""
+    with fresh_database(backend, tmp_path, "state") as url:
+        st = StateStore(url)
+        try:
+            st.migrate()
+            at = st.ts(T0)
+            note = {"link": "l", "record_ref": "crm.company:T1", "at": T0, "kind": "created",
+                    "text": "", "deliver": True, "mentions": " erp.customer:S1 ",
+                    "outcome_id": None}
+            with st.begin() as c:
+                st.save_identities(c, "l", [{"source_id": "S1", "target_id": "T1",
+                                             "shadow": {"name": "Ada"}, "first_shadow": ""}])
+                st.add_outcomes(c, [
+                    {"run_id": 1, "link": "l", "source_ref": "erp.customer:S1",
+                     "target_ref": "crm.company:T1", "action": "created", "status": "ok",
+                     "fields": '{"created":null}', "message": None, "at": at,
+                     "timeline": note},
+                ])
+                st.add_activities(c, [note])
+            assert note["outcome_id"] is not None
+            with st.connect() as c:
+                ((aid, ref, text),) = st.undelivered_activities(c, "l", "crm.company:", 10)
+            assert ref == "crm.company:T1"
+            assert text == ("Sync completed: record created (crmsync link l, from "
+                            "erp.customer:S1)\nFields updated: name = Ada")
+            with st.begin() as c:
+                st.mark_activities_delivered(c, [(aid, "note-7")], T0)
+            (entry,) = st.activities("erp.customer:S1")
+            assert (entry["id"], entry["text"], entry["external_id"]) == (aid, text, "note-7")
+            assert entry["delivered_at"] is not None
+            with st.connect() as c:
+                assert st.undelivered_activities(c, "l", "crm.company:", 10) == []
+                assert st.delivered_activities_of(c, ["erp.customer:S1"]) == [
+                    ("crm.company:T1", "note-7")]
+        finally:
+            st.close()
