@@ -170,11 +170,13 @@ def page_entries(db: Database, c: sa.Connection, record: str) -> list[dict[str, 
         keys = c.execute(
             sa.select(i.c.link, i.c.source_id).where(i.c.link.in_(links), id_col == rid)
         ).all()
+        if not keys:
+            continue
         q = sa.select(i.c.created_in, i.c.source_id, i.c.target_id).where(
             sa.or_(*(sa.and_(i.c.link == k[0], i.c.source_id == k[1]) for k in keys)),
             i.c.created_in.is_not(None),
         )
-        for pid, sid, tid in (c.execute(q).all() if keys else []):
+        for pid, sid, tid in c.execute(q).all():
             page = c.execute(sa.select(o).where(o.c.id == pid)).first()
             if page is not None:
                 out.append(_page_entry(dict(page._mapping), sid, tid or ""))
