@@ -69,8 +69,9 @@ def test_a_checksum_taken_by_other_keys_keeps_the_keys_in_the_row(tmp_path: Path
 
 
 def test_key_lookups_of_pairs_use_an_index(tmp_path: Path) -> None:
-    """Pairs are found by key through an index (never a scan of the link's pairs),
-    whether asked by source or by target id; the plans SQLite chose are checked."""
+    """Pairs (and erasures, a run's logged refs, trigger memory) are found by key
+    through an index, never a scan, whether asked by source or by target id; the
+    plans SQLite chose for the key lookups (one bound list) are checked."""
     st = StateStore(f"sqlite:///{tmp_path / 'state.db'}")
     try:
         st.migrate()
@@ -95,18 +96,20 @@ def test_key_lookups_of_pairs_use_an_index(tmp_path: Path) -> None:
             assert st.identity_pairs(c, "a", target_ids=["T3"]) == [("S3", "T3")]
             assert st.record_known(c, "crm.company:T4", [("a", "target")])
             assert st.run_logged_refs(c, 1, ["erp.customer:S5"]) == {"erp.customer:S5"}
+            assert st.trigger_seen(c, "a", ["S1"]) == {}
+            assert st.erased_refs(c, ["erp.customer:S1"]) == set()
         assert [o["source_ref"] for o in st.outcomes(record="crm.company:T6")] == [
             "erp.customer:S6"]
         assert len(st.activities("crm.company:T7")) == 1
         plans = []
         with st.connect() as c:
             for stmt, params in seen:
-                if stmt.lstrip().upper().startswith("SELECT") and "crmsync_identities" in stmt:
+                if stmt.lstrip().upper().startswith("SELECT") and "json_each" in stmt:
                     plan = [r[3] for r in c.exec_driver_sql("EXPLAIN QUERY PLAN " + stmt, params)]
                     plans.append((stmt, plan))
         assert plans
         for stmt, plan in plans:
-            bad = [d for d in plan if d.startswith("SCAN crmsync_identities")
+            bad = [d for d in plan if d.startswith("SCAN crmsync_")
                    or d.endswith("PRIMARY KEY (link=?)")]
             assert not bad, (stmt, plan)
     finally:

@@ -27,6 +27,8 @@ def _assert_upgraded(st: StateStore) -> None:
     for t in S.metadata.tables.values():
         cols = {c["name"] for c in insp.get_columns(t.name)}
         assert cols == {c.name for c in t.columns}, t.name
+        indexes = {i["name"] for i in insp.get_indexes(t.name)}
+        assert {str(i.name) for i in t.indexes} <= indexes, t.name
 
 def test_upgrade_from_v1_keeps_data_and_reaches_current(tmp_path: Path) -> None:
     db = tmp_path / "state.db"

@@ -39,15 +39,17 @@ class ErasureMixin(Database):
         return missing
 
     def erased_refs(self, c: sa.Connection, refs: Iterable[str]) -> set[str]:
-        """Which of ``refs`` were erased (one query per 500 refs)."""
+        """Which of ``refs`` were erased (one query, the refs one parameter)."""
         if self._erased_table_missing(c):
             return set()
         e = S.erased
-        found: set[str] = set()
-        for chunk in chunks(list(dict.fromkeys(refs)), 500):
-            found.update(c.execute(sa.select(e.c.record_ref).where(e.c.record_ref.in_(chunk)))
-                         .scalars())
-        return found
+        keys = list(dict.fromkeys(refs))
+        if not keys:
+            return set()
+        return set(
+            c.execute(sa.select(e.c.record_ref).where(self.in_keys(e.c.record_ref, keys)))
+            .scalars()
+        )
 
     def erased_pairs(
         self,

@@ -322,10 +322,12 @@ class LogMixin(Database):
         """Which of the source refs already have an outcome logged by run ``run_id``
         (on the caller's connection: apply gathers all it reads on one)."""
         o, i = S.outcomes, S.identities
-        found: set[str] = set()
-        for chunk in chunks(list(refs), 500):
-            q = sa.select(o.c.source_ref).where(o.c.run_id == run_id, o.c.source_ref.in_(chunk))
-            found.update(r[0] for r in c.execute(q))
+        if not refs:
+            return set()
+        q = sa.select(o.c.source_ref).where(
+            o.c.run_id == run_id, self.in_keys(o.c.source_ref, list(refs))
+        )
+        found: set[str] = set(c.execute(q).scalars())
         by_prefix: dict[str, list[str]] = {}
         for ref in refs:
             prefix, rid = _split_ref(ref)

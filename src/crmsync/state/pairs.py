@@ -197,11 +197,11 @@ class PairsMixin(Database):
     ) -> dict[str, dict[str, Any]]:
         t = S.trigger_seen
         out: dict[str, dict[str, Any]] = {}
-        for chunk in chunks(list(ids), 500):
-            for sid, seen in c.execute(
-                sa.select(t.c.source_id, t.c.seen).where(t.c.link == link, t.c.source_id.in_(chunk))
-            ):
-                out[sid] = json.loads(seen)
+        q = sa.select(t.c.source_id, t.c.seen).where(
+            t.c.link == link, self.in_keys(t.c.source_id, list(ids))
+        )
+        for sid, seen in c.execute(q):
+            out[sid] = json.loads(seen)
         return out
 
     def save_trigger_seen(

@@ -247,6 +247,8 @@ activities = sa.Table(
 )
 sa.Index("crmsync_activities_ref", activities.c.record_ref, activities.c.id)
 sa.Index("crmsync_activities_undelivered", activities.c.deliver, activities.c.delivered_at)
+# v6: the row of an outcome's entry (its delivery), found from the outcome.
+activities_outcome = sa.Index("crmsync_activities_outcome", activities.c.outcome_id)
 
 # Records erased under GDPR: never synced again, whatever a stale source says.
 erased = sa.Table(
@@ -313,6 +315,7 @@ def _v6(conn: sa.Connection) -> None:
     # Fixed DDL of our own (no input reaches it); the types are portable.
     if "outcome_id" not in {c["name"] for c in insp.get_columns(activities.name)}:
         conn.execute(sa.text(f"ALTER TABLE crmsync_activities ADD COLUMN outcome_id {big}"))
+    activities_outcome.create(conn, checkfirst=True)
     have_i = {c["name"] for c in insp.get_columns(identities.name)}
     if "first_shadow" not in have_i:
         conn.execute(sa.text("ALTER TABLE crmsync_identities ADD COLUMN first_shadow TEXT"))
