@@ -21,7 +21,7 @@ from crmsync.config.loader import load_config
 from crmsync.connectors import build_connectors
 from crmsync.connectors.webhook import WebhookConnector
 from crmsync.engine.deeplinks import deep_links, record_url
-from crmsync.engine.erase import ERASED_ENTRY, NothingToAnonymize, erase
+from crmsync.engine.erase import ERASED_ENTRY, ERASED_TEXT, NothingToAnonymize, erase
 from crmsync.engine.graph import linked_records
 from crmsync.engine.runner import Engine
 from crmsync.errors import UnknownRecordType
@@ -390,6 +390,10 @@ def test_erase_everywhere_keeps_nothing_personal_and_never_resyncs(world: World)
             assert all(set(f) == {"field", "status"} and f["status"] == "erased"
                        for f in o["fields"])
         assert not [m for m in queued if m["record_id"] in {"P1", refs["crm"].id}]
+        # the timeline, told from the scrubbed outcomes, keeps the entries but no values
+        timeline = st.activities(str(refs["crm"]), limit=1000)
+        assert {a["kind"] for a in timeline} >= {"created", "erased"}
+        assert {a["text"] for a in timeline} == {ERASED_TEXT, ERASED_ENTRY}
     finally:
         st.close()
 

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from dbs import fresh_database
 
 from crmsync.state import schema as S
+from crmsync.state.log import CREATED_FROM_PAIR
 from crmsync.state.store import StateStore
 
 SNAP = Path(__file__).parent / "state_snapshots" / "v1_sqlite.sql"
@@ -26,6 +27,8 @@ def _assert_upgraded(st: StateStore) -> None:
     for t in S.metadata.tables.values():
         cols = {c["name"] for c in insp.get_columns(t.name)}
         assert cols == {c.name for c in t.columns}, t.name
+        indexes = {i["name"] for i in insp.get_indexes(t.name)}
+        assert {str(i.name) for i in t.indexes} <= indexes, t.name
 
 def test_upgrade_from_v1_keeps_data_and_reaches_current(tmp_path: Path) -> None:
     db = tmp_path / "state.db"
@@ -140,6 +143,15 @@ SEED: dict[int, dict[sa.Table, list[dict[str, Any]]]] = {
     3: {S.quota_use: [{"system": "crm", "window_start": T0, "calls": 42}]},
     4: {S.trigger_seen: [{"link": "l", "source_id": "7", "seen": '{"stage":"won"}',
                           "updated_at": T0}]},
+    # v5 stored every timeline entry's text; v6 renders new ones from outcomes.
+    5: {
+        S.activities: [
+            {"link": "l", "record_ref": "erp.party:T7", "at": T0, "kind": "created",
+             "text": "Sync completed: record created (stored)", "deliver": True,
+             "delivered_at": T1, "external_id": "note-1", "mentions": " crm.person:7 "},
+        ],
+        S.erased: [{"record_ref": "crm.person:99", "erased_at": T0, "erased_by": "ops"}],
+    },
 }
 
 
@@ -193,6 +205,16 @@ def test_upgrade_keeps_data(backend: str, version: int, tmp_path: Path) -> None:
 
 
 def _check_rows_kept(st: StateStore, version: int) -> None:
+    if st.dialect == "sqlite":  # v6: rebuilt as WITHOUT ROWID, rows kept (checked below)
+        with st.connect() as c:
+            for t in (S.identities, S.trigger_seen):
+                sql = c.execute(sa.text("SELECT sql FROM sqlite_master WHERE name = :n"),
+                                {"n": t.name}).scalar()
+                assert "WITHOUT ROWID" in sql, t.name
+            indexes = {r[0] for r in c.exec_driver_sql(
+                "SELECT name FROM sqlite_master WHERE type = 'index'")}
+            assert "crmsync_identities_target" in indexes
+            assert not {n for n in indexes if n.endswith("_rowid")}
     with st.connect() as c:
         for t, rows in _seeded(version).items():
             names = sorted({k for r in rows for k in r})
@@ -240,8 +262,42 @@ def _check_store_reads(st: StateStore, version: int) -> None:
         st.add_activities(c, [{"link": "l", "record_ref": "crm.person:7", "at": T1,
                                "kind": "sync", "text": "created", "deliver": False}])
         assert st.erased_refs(c, ["crm.person:7", "crm.person:8"]) == {"crm.person:7"}
-    assert [a["text"] for a in st.activities("crm.person:7")] == ["created"]
+    stored = ["Sync completed: record created (stored)"] if version >= 5 else []
+    assert [a["text"] for a in st.activities("crm.person:7")] == ["created", *stored]
     assert st.start_run("l", "sync") == 2
+    _check_timeline_after_upgrade(st, stored)
+
+
+def _check_timeline_after_upgrade(st: StateStore, stored: list[str]) -> None:
+    """Entries stored before the upgrade keep their text and are told once; outcomes
+    logged after it are told from the outcome; a create's values stay the pair's."""
+    assert [a["text"] for a in st.activities("erp.party:T7")] == stored
+    at = st.ts(T1)
+    with st.begin() as c:
+        st.save_identities(c, "l", [{"source_id": "8", "target_id": "T8",
+                                     "shadow": '{"name":"Bo"}', "first_shadow": ""}])
+        st.add_outcomes(c, [
+            {"run_id": 2, "link": "l", "source_ref": "crm.person:8", "target_ref": "erp.party:T8",
+             "action": "created", "status": "ok", "fields": CREATED_FROM_PAIR, "message": None,
+             "at": at},
+            {"run_id": 2, "link": "l", "source_ref": "crm.person:7", "target_ref": "erp.party:T7",
+             "action": "updated", "status": "ok", "message": None, "at": at,
+             "fields": '[{"field":"name","status":"updated","side":"target","old":"Ada",'
+                       '"new":"Ada L"}]'},
+        ])
+        st.save_identities(c, "l", [{"source_id": "8", "target_id": "T8",
+                                     "shadow": '{"name":"Bob"}'}])
+    texts = [a["text"] for a in st.activities("erp.party:T7")]
+    assert len(texts) == 1 + len(stored) and "Fields updated: name = Ada L" in texts[0]
+    (entry,) = st.activities("crm.person:8")
+    assert "Fields updated: name = Bo" in entry["text"] and "Bob" not in entry["text"]
+    (out,) = st.outcomes(record="erp.party:T8")
+    assert out["fields"] == [{"field": "name", "status": "updated", "side": "target",
+                              "old": None, "new": "Bo"}]
+    if stored:
+        with st.connect() as c:
+            assert st.delivered_activities_of(c, ["crm.person:7"]) == [
+                ("erp.party:T7", "note-1")]
 
 
 @pytest.mark.parametrize("version", EARLIER, ids=lambda v: f"v{v}")
@@ -256,6 +312,10 @@ def test_dry_run_reads_an_earlier_version_without_upgrading(version: int, tmp_pa
                 assert st.erased_refs(c, ["crm.person:7"]) == set()
                 assert st.identities_by_source(c, "l", ["7"])["7"].target_id == "T7"
             assert st.link_enabled_overrides() == ({"l": False} if version >= 2 else {})
+            # `crmsync log --record` reads an older timeline as it was stored
+            if version >= 5:
+                assert [a["kind"] for a in st.activities("erp.party:T7")] == ["created"]
+            assert [o["action"] for o in st.outcomes(record="crm.person:7")] == ["created"]
         finally:
             st.close()
         again = StateStore(url)

@@ -528,6 +528,20 @@ def test_erase_and_deep_links(world: World) -> None:
         return [n["message"] for n in notes if any(p in n["message"].lower() for p in PERSONAL)]
 
     assert len(zelda_notes()) == 2  # crmsync's timeline: created, then renamed
+    # crmsync's own timeline tells the same, rendered from the outcomes: the rows
+    # kept for the notes hold their delivery, not the text
+    st = w.state()
+    try:
+        timeline = st.activities(f"crm.company:{pid}")
+        with st.connect() as c:
+            stored = c.execute(sa.select(S.activities.c.text, S.activities.c.outcome_id).where(
+                S.activities.c.record_ref == f"crm.company:{pid}")).all()
+    finally:
+        st.close()
+    assert [a["kind"] for a in timeline] == ["updated", "created"]
+    assert sorted(a["text"] for a in timeline) == sorted(zelda_notes())
+    assert all(a["delivered_at"] is not None for a in timeline)
+    assert len(stored) == 2 and all(t == "" and o is not None for t, o in stored)
     r = w.cli("erase", f"erp.customer:{ZELDA_NO}", "--by", "dpo@example.com", "--yes")
     assert r.exit_code == 0, r.output
     erp = w.erp_row(ZELDA_NO)
@@ -541,6 +555,13 @@ def test_erase_and_deep_links(world: World) -> None:
     )
     assert not [c for c in cms if "zelda" in str(c["value"]).lower()], cms
     assert zelda_notes() == [], "crmsync's notes on the party still quote the erased values"
+    st = w.state()
+    try:
+        timeline = st.activities(f"crm.company:{pid}")
+    finally:
+        st.close()
+    assert [a["kind"] for a in timeline] == ["erased", "updated", "created"]
+    assert all(a["text"].startswith("erased (GDPR)") for a in timeline)
     # nothing personal in any table of Tryton's database (notes, contacts, addresses, ...)
     assert text_hits(w.tryton.db_path) == []
     assert text_hits(w.state_path) == []

@@ -32,7 +32,6 @@ from typing import Any
 import sqlalchemy as sa
 
 from crmsync.connectors.base import Connector
-from crmsync.engine.activity import activity_text
 from crmsync.engine.capture import queue_failed
 from crmsync.engine.decide import (
     Decisions,
@@ -47,7 +46,9 @@ from crmsync.engine.retry import RetryPolicy
 from crmsync.engine.tally import BatchResult, RunTally, WorkItem, outcome_status
 from crmsync.engine.trigger import seen_values
 from crmsync.model import Action, Outcome, Record, RecordRef, Side
+from crmsync.state.log import CREATED_FROM_PAIR
 from crmsync.state.store import Identity, StateStore, dumps, utcnow
+from crmsync.state.timeline import HEADLINES, activity_text
 
 log = logging.getLogger(__name__)
 
@@ -425,18 +426,20 @@ class Applier:
             out = p.outcome
             res.outcomes.append(out)
             res.count(out)
-            shadow_json = None
+            saved = False
+            # A new pair's create is logged as the pair's values (kept by the pair).
+            new_pair = out.action is Action.CREATED and read.data.pairs.get(p.source_id) is None
             if p.save_identity and p.shadow is not None and not self.dry_run:
-                # Encoded once: the identity's shadow and a create's log entry share it.
-                shadow_json = dumps(p.shadow)
+                saved = True
                 identity_rows.append(
                     {
                         "source_id": p.source_id,
                         "target_id": p.target_id,
-                        "shadow": shadow_json,
+                        "shadow": p.shadow,
                         "source_version": p.source_version,
                         "target_version": p.target_version,
                         "deleted": p.deleted,
+                        "first_shadow": "" if new_pair else None,
                     }
                 )
             again = p.source_id in read.met and not (
@@ -447,14 +450,17 @@ class Applier:
                 or out.action is Action.FAILED
             )  # met before in this run and nothing written now: logged already
             if out.action is not Action.UNCHANGED and not out.quiet and not again:
-                if out.action is Action.CREATED and shadow_json is not None:
-                    fields_json = '{"created":' + shadow_json + "}"
+                if out.action is Action.CREATED and saved:
+                    fields_json = (
+                        CREATED_FROM_PAIR if new_pair else dumps({"created": p.shadow})
+                    )
                 else:
                     fields_json = dumps([f.to_json() for f in out.fields])
                 outcome_rows.append(self._outcome_row(out, at, fields_json))
                 if out.target_id and not self.dry_run:
                     self._activity_row(
-                        out, read.data.targets.get(out.target_id), at, activity_rows
+                        out, read.data.targets.get(out.target_id), now, activity_rows,
+                        outcome_rows[-1],
                     )
 
         for mid, sid in read.msg_pair.items():
@@ -503,31 +509,43 @@ class Applier:
         }
 
     def _activity_row(
-        self, out: Outcome, trec: Record | None, now: Any, rows: list[dict[str, Any]]
+        self,
+        out: Outcome,
+        trec: Record | None,
+        now: Any,
+        rows: list[dict[str, Any]],
+        outcome_row: dict[str, Any],
     ) -> None:
-        """The timeline entry of the target record, naming related records it reached."""
+        """The timeline row of the target record, when its outcome's entry needs one:
+        to be delivered into the target, or naming related records it reached
+        (their refs are not in the outcome). Otherwise the outcome is the entry."""
+        if out.action not in HEADLINES:
+            return
         related: dict[str, tuple[str, str]] = {}
         if trec is not None:
             for ref, obj in self.refs.items():
                 rid = trec.values.get(ref)
                 if rid is not None:
                     related[ref] = (obj, str(rid))
-        text = activity_text(out, self.sprefix + (out.source_id or ""), related)
-        if text is not None:
-            rows.append(
-                {
-                    "link": out.link,
-                    "record_ref": self.tprefix + str(out.target_id),
-                    "at": now,
-                    "kind": out.action.value,
-                    "text": text,
-                    "deliver": self.activities,
-                    # The source record too, so its timeline (log --record) shows it.
-                    "mentions": f" {self.sprefix}{out.source_id} " + "".join(
-                        f"{RecordRef(self.tsystem, obj, rid)} " for obj, rid in related.values()
-                    ),
-                }
-            )
+        if not related and not self.activities:
+            return
+        row = {
+            "link": out.link,
+            "record_ref": self.tprefix + str(out.target_id),
+            "at": now,
+            "kind": out.action.value,
+            # '': rendered from the outcome when read (and when delivered)
+            "text": activity_text(out, self.sprefix + (out.source_id or ""), related)
+            if related else "",
+            "deliver": self.activities,
+            # The source record too, so its timeline (log --record) shows it.
+            "mentions": f" {self.sprefix}{out.source_id} " + "".join(
+                f"{RecordRef(self.tsystem, obj, rid)} " for obj, rid in related.values()
+            ),
+            "outcome_id": None,  # set by add_outcomes
+        }
+        outcome_row["timeline"] = row
+        rows.append(row)
 
     def deliver_activities(self, limit: int = 500) -> int:
         """Write waiting timeline entries into the target (Tryton notes).

@@ -31,10 +31,12 @@ from crmsync.convert import ConversionError, converter, equal, to_json
 from crmsync.engine.graph import linked_records, object_config
 from crmsync.errors import CrmsyncError, SystemUnavailable
 from crmsync.model import RecordRef
+from crmsync.state import log
 from crmsync.state.store import StateStore, dumps, utcnow
 
-# What is left where personal values were (outcome messages and fields, activity text).
-ERASED_TEXT = "erased (GDPR): the values were removed"
+# What is left where personal values were (outcome messages and fields, timeline
+# text); the timeline shows it for a scrubbed outcome.
+ERASED_TEXT = log.ERASED_TEXT
 ERASED_ENTRY = "erased (GDPR): personal values anonymized; this record is no longer synced"
 
 
@@ -360,7 +362,7 @@ def _scrub(
         pairs = state.identity_pairs(c, name, source_ids=sids, target_ids=tids)
         idents = state.identities_by_source(c, name, [s for s, _ in pairs])
         rows = [ident.row(_scrubbed_shadow(lc, ident.shadow, canon)) for ident in idents.values()]
-        state.save_identities(c, name, rows)
+        state.save_identities(c, name, rows, scrub=True)
         counts["identities"] += len(rows)
         counts["messages"] += state.delete_record_messages(c, name, "source", sids)
         counts["messages"] += state.delete_record_messages(c, name, "target", tids)
@@ -411,7 +413,7 @@ def _scrub_written_through_refs(
                     anon = canon.get((lc.target_system, refs[head[:-1]]), {})
                     shadow[key] = anon.get(key[len(head):])
             rows.append(ident.row(shadow))
-        state.save_identities(c, link, rows)
+        state.save_identities(c, link, rows, scrub=True)
         scrubbed.append(record_ref)
     return scrubbed
 

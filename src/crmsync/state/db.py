@@ -76,6 +76,10 @@ class Database:
         self.dialect = self.engine.dialect.name
         self._writer = threading.RLock() if self.dialect == "sqlite" else None
         self._compiled: dict[int, Any] = {}
+        # Shadow shapes: key list -> id, and id -> key list (both immutable once stored).
+        self._shape_ids: dict[tuple[str, ...], int] = {}
+        self._shape_keys: dict[int, tuple[str, ...]] = {}
+        self._shape_clash: set[int] = set()  # ids whose checksum another key list took
         self._keep: list[Any] = []  # statements whose compiled form is cached
 
     # -- opening -----------------------------------------------------------
@@ -261,19 +265,73 @@ class Database:
             params = rows
         c.exec_driver_sql(compiled.string, params)
 
-    def in_keys(self, col: Any) -> Any:
-        """``col`` is one of the keys bound as ``keys`` (``key_list``): one parameter
-        however many keys (a JSON array read by ``json_each`` on SQLite, an array
-        on PostgreSQL), so a page's probe is one statement compiled once instead
-        of an expanding ``IN`` list per chunk of 500."""
-        if self.dialect == "postgresql":
-            return col == sa.any_(sa.bindparam("keys", type_=postgresql.ARRAY(sa.String)))
-        each = sa.select(sa.column("value")).select_from(sa.func.json_each(sa.bindparam("keys")))
-        return col.in_(each)
+    def _insert_returning_id(self, c: sa.Connection, stmt: Any, row: dict[str, Any]) -> int:
+        """Insert one row of a fixed ``INSERT ... RETURNING id`` at driver level
+        (values as ``_executemany`` binds them) and return its id."""
+        key = id(stmt)
+        compiled = self._compiled.get(key)
+        if compiled is None:
+            compiled = stmt.compile(dialect=self.engine.dialect)
+            self._compiled[key] = compiled
+            self._keep.append(stmt)
+        params: Any = row
+        if compiled.positiontup is not None:
+            params = tuple(row[k] for k in compiled.positiontup)
+        return int(c.exec_driver_sql(compiled.string, params).scalar_one())
 
-    def key_list(self, keys: Sequence[str]) -> Any:
-        """``keys`` as ``in_keys`` binds them."""
-        return list(keys) if self.dialect == "postgresql" else dumps(list(keys))
+    def in_keys(self, col: Any, keys: Sequence[Any]) -> Any:
+        """``col`` is one of ``keys``, bound as ONE parameter (SQLite ``json_each``,
+        PostgreSQL ``= ANY``): the statement stays the same whatever the number of
+        keys, instead of an ``IN`` list expanded to one parameter per key."""
+        if self.dialect == "postgresql":
+            item = sa.BigInteger() if keys and isinstance(keys[0], int) else sa.Text()
+            return col == sa.any_(sa.literal(list(keys), type_=postgresql.ARRAY(item)))
+        each = sa.func.json_each(dumps(list(keys))).table_valued("value")
+        return col.in_(sa.select(each.c.value))
+
+    # -- shadows -------------------------------------------------------------
+    def encode_shadows(self, c: sa.Connection, shadows: Sequence[dict[str, Any]]) -> list[str]:
+        """Shadows as stored: ``[shape id, value, ...]`` (JSON), the keys once in
+        ``crmsync_shapes`` (written in the caller's transaction, with the rows)."""
+        used: dict[int, tuple[str, ...]] = {}
+        out: list[str] = []
+        for sh in shadows:
+            keys = tuple(sh)
+            sid = self._shape_ids.get(keys)
+            if sid is None:
+                sid = self._shape_ids[keys] = zlib.crc32(dumps(keys).encode())
+            if not keys or sid in self._shape_clash:
+                out.append(dumps(sh))
+                continue
+            used[sid] = keys
+            out.append(dumps([sid, *sh.values()]))
+        if used:
+            fresh = [sid for sid in used if sid not in self._shape_keys]
+            ins = self._upsert(S.shapes).on_conflict_do_nothing(index_elements=["id"])
+            c.execute(ins, [{"id": sid, "names": dumps(k)} for sid, k in used.items()])
+            clash = {sid for sid in fresh if self.shape_keys(c, sid) != used[sid]}
+            if clash:  # a checksum taken by another key list: those keep their keys
+                self._shape_clash |= clash
+                for sid in clash:
+                    self._shape_keys.pop(sid, None)
+                return self.encode_shadows(c, shadows)
+        return out
+
+    def shape_keys(self, c: sa.Connection, sid: int) -> tuple[str, ...]:
+        keys = self._shape_keys.get(sid)
+        if keys is None:
+            got = c.execute(sa.select(S.shapes.c.names).where(S.shapes.c.id == sid)).scalar()
+            if got is None:
+                raise StateError(f"state database: shadow shape {sid} is missing")
+            keys = self._shape_keys[sid] = tuple(json.loads(got))
+        return keys
+
+    def decode_shadow(self, c: sa.Connection, text: str) -> dict[str, Any]:
+        """A stored shadow as a dict (a plain JSON object as stored before v6)."""
+        v = json.loads(text)
+        if isinstance(v, list):
+            return dict(zip(self.shape_keys(c, v[0]), v[1:], strict=True))
+        return dict(v)
 
     def ts(self, when: datetime) -> Any:
         """A timestamp as a driver-level insert binds it (formatted once per batch)."""

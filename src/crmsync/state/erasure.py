@@ -16,7 +16,13 @@ import sqlalchemy as sa
 from crmsync.model import REQUEST_ACTIONS
 from crmsync.state import schema as S
 from crmsync.state.db import Database, chunks, dumps
-from crmsync.state.log import activity_refs, expand_fields
+from crmsync.state.log import (
+    activity_refs,
+    created_values,
+    expand_fields,
+    page_entries,
+    split_from_page,
+)
 from crmsync.state.pairs import Identity
 
 
@@ -33,15 +39,17 @@ class ErasureMixin(Database):
         return missing
 
     def erased_refs(self, c: sa.Connection, refs: Iterable[str]) -> set[str]:
-        """Which of ``refs`` were erased (one query)."""
+        """Which of ``refs`` were erased (one query, the refs one parameter)."""
         if self._erased_table_missing(c):
             return set()
         e = S.erased
         keys = list(dict.fromkeys(refs))
         if not keys:
             return set()
-        q = sa.select(e.c.record_ref).where(self.in_keys(e.c.record_ref))
-        return set(c.execute(q, {"keys": self.key_list(keys)}).scalars())
+        return set(
+            c.execute(sa.select(e.c.record_ref).where(self.in_keys(e.c.record_ref, keys)))
+            .scalars()
+        )
 
     def erased_pairs(
         self,
@@ -129,16 +137,30 @@ class ErasureMixin(Database):
         """
         o = S.outcomes
         n = 0
+        for ref in dict.fromkeys(refs):  # creates logged in a page get a row of their own
+            for entry in page_entries(self, c, ref):
+                split_from_page(self, c, entry)
         for chunk in chunks(list(dict.fromkeys(refs)), 250):
-            rows = c.execute(
-                sa.select(o.c.id, o.c.fields).where(
-                    sa.or_(o.c.source_ref.in_(chunk), o.c.target_ref.in_(chunk)),
-                    o.c.action != "erased",  # the erasure's own entries hold no values
+            rows = [
+                dict(r._mapping)
+                for r in c.execute(
+                    sa.select(o.c.id, o.c.link, o.c.source_ref, o.c.fields).where(
+                        sa.or_(o.c.source_ref.in_(chunk), o.c.target_ref.in_(chunk)),
+                        o.c.action != "erased",  # the erasure's own entries hold no values
+                    )
                 )
-            ).all()
-            for oid, stored in rows:
+            ]
+            # A create logged as its pair's values: the field names are the pair's.
+            created = created_values(self, c, rows)
+            for r in rows:
+                oid, stored = r["id"], r["fields"]
                 try:
-                    names = [f.get("field") for f in expand_fields(json.loads(stored or "[]"))]
+                    names = [
+                        f.get("field")
+                        for f in expand_fields(
+                            json.loads(stored or "[]"), created.get((r["link"], r["source_ref"]))
+                        )
+                    ]
                 except (ValueError, AttributeError, TypeError):
                     names = []
                 fields = [{"field": f, "status": "erased"} for f in dict.fromkeys(names) if f]

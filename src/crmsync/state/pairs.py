@@ -19,7 +19,7 @@ from crmsync.state.db import Database, chunks, dumps, utcnow
 
 IDENTITY_COLUMNS = (
     "link", "source_id", "target_id", "shadow", "source_version", "target_version",
-    "deleted", "updated_at",
+    "deleted", "updated_at", "first_shadow",
 )
 
 
@@ -106,36 +106,62 @@ class PairsMixin(Database):
     ) -> dict[str, Identity]:
         t = S.identities
         out: dict[str, Identity] = {}
-        if not ids:
-            return out
+        if key == "target":
+            # Through the target index alone (it holds the key): SQLite's planner,
+            # asked for the whole row of a WITHOUT ROWID table, would scan the link.
+            ids = self.source_ids_of(c, link, ids)
+            col = t.c.source_id
         q = sa.select(
-            t.c.source_id,
-            t.c.target_id,
-            t.c.shadow,
-            t.c.source_version,
-            t.c.target_version,
+            t.c.source_id, t.c.target_id, t.c.shadow, t.c.source_version, t.c.target_version,
             t.c.deleted,
-        ).where(t.c.link == link, self.in_keys(col))
-        for r in c.execute(q, {"keys": self.key_list(ids)}):
-            ident = Identity(r[0], r[1], json.loads(r[2]), r[3], r[4], bool(r[5]))
+        ).where(t.c.link == link, self.in_keys(col, list(ids)))
+        for r in c.execute(q):
+            ident = Identity(r[0], r[1], self.decode_shadow(c, r[2]), r[3], r[4], bool(r[5]))
             out[ident.source_id if key == "source" else ident.target_id or ""] = ident
         return out
 
-    def save_identities(self, c: sa.Connection, link: str, rows: Sequence[dict[str, Any]]) -> None:
-        """Upsert identity rows (source_id, target_id, shadow dict, versions, deleted)."""
+    def source_ids_of(self, c: sa.Connection, link: str, target_ids: Sequence[str]) -> list[str]:
+        """The source ids paired with ``target_ids`` (read from the target index only)."""
+        t = S.identities
+        q = sa.select(t.c.source_id).where(
+            t.c.link == link, self.in_keys(t.c.target_id, list(target_ids))
+        )
+        return list(c.execute(q).scalars())
+
+    def save_identities(
+        self, c: sa.Connection, link: str, rows: Sequence[dict[str, Any]], *, scrub: bool = False
+    ) -> None:
+        """Upsert identity rows (source_id, target_id, shadow dict, versions, deleted;
+        ``first_shadow`` '' for a pair crmsync just created, its log entry's values).
+
+        The first change of such a pair's shadow keeps the created values in
+        ``first_shadow``; with ``scrub`` (an erasure) they are dropped instead.
+        """
         if not rows:
             return
+        if scrub:
+            i = S.identities
+            sids = [r["source_id"] for r in rows]
+            c.execute(
+                sa.update(i)
+                .where(i.c.link == link, self.in_keys(i.c.source_id, sids))
+                .values(first_shadow=None)
+            )
         now = self.ts(utcnow())
+        shadows = iter(self.encode_shadows(
+            c, [r["shadow"] for r in rows if not isinstance(r["shadow"], str)]
+        ))
         payload = [
             {
                 "link": link,
                 "source_id": r["source_id"],
                 "target_id": r["target_id"],
-                "shadow": r["shadow"] if isinstance(r["shadow"], str) else dumps(r["shadow"]),
+                "shadow": r["shadow"] if isinstance(r["shadow"], str) else next(shadows),
                 "source_version": r.get("source_version"),
                 "target_version": r.get("target_version"),
                 "deleted": bool(r.get("deleted", False)),
                 "updated_at": now,
+                "first_shadow": r.get("first_shadow"),
             }
             for r in rows
         ]
@@ -149,9 +175,17 @@ class PairsMixin(Database):
         ins = self._upsert(S.identities).values(
             {k: sa.bindparam(k) for k in IDENTITY_COLUMNS}
         )
+        t = S.identities
+        # A created pair's values move to first_shadow when its shadow first changes.
+        first = sa.case(
+            (sa.and_(t.c.first_shadow == sa.literal_column("''"),
+                     t.c.shadow != ins.excluded.shadow), t.c.shadow),
+            else_=t.c.first_shadow,
+        )
         return ins.on_conflict_do_update(
             index_elements=["link", "source_id"],
-            set_={k: getattr(ins.excluded, k) for k in IDENTITY_COLUMNS[2:]},
+            set_={**{k: getattr(ins.excluded, k) for k in IDENTITY_COLUMNS[2:-1]},
+                  "first_shadow": first},
         )
 
     def identity_pairs(
@@ -179,11 +213,11 @@ class PairsMixin(Database):
     ) -> dict[str, dict[str, Any]]:
         t = S.trigger_seen
         out: dict[str, dict[str, Any]] = {}
-        for chunk in chunks(list(ids), 500):
-            for sid, seen in c.execute(
-                sa.select(t.c.source_id, t.c.seen).where(t.c.link == link, t.c.source_id.in_(chunk))
-            ):
-                out[sid] = json.loads(seen)
+        q = sa.select(t.c.source_id, t.c.seen).where(
+            t.c.link == link, self.in_keys(t.c.source_id, list(ids))
+        )
+        for sid, seen in c.execute(q):
+            out[sid] = json.loads(seen)
         return out
 
     def save_trigger_seen(

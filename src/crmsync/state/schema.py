@@ -65,7 +65,7 @@ sa.Index(
     postgresql_where=messages.c.status == "pending",
 )
 sa.Index("crmsync_messages_claim", messages.c.status, messages.c.link, messages.c.id)
-# v6: a claim passes over records with a message running (order per record): it reads
+# v7: a claim passes over records with a message running (order per record): it reads
 # them through this index instead of the whole table.
 sa.Index(
     "crmsync_messages_running",
@@ -89,6 +89,15 @@ identities = sa.Table(
     sa.Column("target_version", sa.Text, nullable=True),
     sa.Column("deleted", sa.Boolean, nullable=False, default=False),
     sa.Column("updated_at", sa.DateTime, nullable=False),
+    # v6: the values a crmsync create wrote, for its log entry (which does not
+    # copy them): '' while they are still the shadow; the shadow is copied here
+    # when it first changes. NULL: the pair's log holds its own values.
+    sa.Column("first_shadow", sa.Text, nullable=True),
+    # v6: the outcome row of the page of creates this pair was created in (its
+    # create is logged there, see outcomes.records).
+    sa.Column("created_in", sa.BigInteger().with_variant(sa.Integer, "sqlite"), nullable=True),
+    # v6, SQLite: the primary key is the row (no rowid b-tree beside the key's index).
+    sqlite_with_rowid=False,
 )
 sa.Index("crmsync_identities_target", identities.c.link, identities.c.target_id, unique=True)
 
@@ -120,6 +129,10 @@ outcomes = sa.Table(
     sa.Column("fields", sa.Text, nullable=False, default="[]"),
     sa.Column("message", sa.Text, nullable=True),
     sa.Column("at", sa.DateTime, nullable=False),
+    # v6: a page of plain creates (a batch's new pairs, every value written): one
+    # row for ``records`` records, source_ref/target_ref the two ref prefixes,
+    # fields {"page": [[source id, target id], ...]}; NULL on a row of one record.
+    sa.Column("records", sa.Integer, nullable=True),
 )
 sa.Index("crmsync_outcomes_source", outcomes.c.source_ref)
 sa.Index("crmsync_outcomes_target", outcomes.c.target_ref)
@@ -212,6 +225,7 @@ trigger_seen = sa.Table(
     sa.Column("source_id", sa.String(255), primary_key=True),
     sa.Column("seen", sa.Text, nullable=False),
     sa.Column("updated_at", sa.DateTime, nullable=False),
+    sqlite_with_rowid=False,  # v6
 )
 
 # -- v5: timelines and erasure -----------------------------------------------------
@@ -236,9 +250,15 @@ activities = sa.Table(
     # Other records the entry is about (" ref ref "): its source, and related
     # records such as a deal's person, whose erasure removes this entry too.
     sa.Column("mentions", sa.Text, nullable=True),
+    # v6: the outcome the entry tells; its text is '' when rendered from that
+    # outcome when read. Outcomes are the timeline: a row is kept only for what an
+    # outcome does not hold (delivery, related records, erasure).
+    sa.Column("outcome_id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), nullable=True),
 )
 sa.Index("crmsync_activities_ref", activities.c.record_ref, activities.c.id)
 sa.Index("crmsync_activities_undelivered", activities.c.deliver, activities.c.delivered_at)
+# v6: the row of an outcome's entry (its delivery), found from the outcome.
+activities_outcome = sa.Index("crmsync_activities_outcome", activities.c.outcome_id)
 
 # Records erased under GDPR: never synced again, whatever a stale source says.
 erased = sa.Table(
@@ -247,6 +267,18 @@ erased = sa.Table(
     sa.Column("record_ref", sa.String(400), primary_key=True),
     sa.Column("erased_at", sa.DateTime, nullable=False),
     sa.Column("erased_by", sa.String(128), nullable=False),
+)
+
+# -- v6: compact shadows -------------------------------------------------------------
+
+# The key lists of shadows, so a shadow is stored as ``[shape, value, ...]``
+# instead of repeating its keys on every pair. The id is a checksum of the
+# keys (no id to allocate, so a rolled-back batch leaves nothing stale).
+shapes = sa.Table(
+    "crmsync_shapes",
+    metadata,
+    sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("names", sa.Text, nullable=False),  # the keys, a JSON list
 )
 
 V1_TABLES = [meta, cursors, messages, identities, runs, outcomes]
@@ -280,12 +312,65 @@ def _v5(conn: sa.Connection) -> None:
     metadata.create_all(conn, tables=[activities, erased], checkfirst=True)
 
 
+# The first outcome id whose timeline entry is rendered from the outcome (v6);
+# earlier outcomes have their entry stored as text in crmsync_activities.
+TIMELINE_FROM = "timeline_from_outcome"
+
+
 def _v6(conn: sa.Connection) -> None:
+    """Timelines rendered from outcomes; a create's logged values kept with its pair,
+    plain creates logged a page per row; shadows stored without their keys."""
+    insp = sa.inspect(conn)
+    big = "BIGINT" if conn.dialect.name == "postgresql" else "INTEGER"
+    # Fixed DDL of our own (no input reaches it); the types are portable.
+    if "outcome_id" not in {c["name"] for c in insp.get_columns(activities.name)}:
+        conn.execute(sa.text(f"ALTER TABLE crmsync_activities ADD COLUMN outcome_id {big}"))
+    activities_outcome.create(conn, checkfirst=True)
+    have_i = {c["name"] for c in insp.get_columns(identities.name)}
+    if "first_shadow" not in have_i:
+        conn.execute(sa.text("ALTER TABLE crmsync_identities ADD COLUMN first_shadow TEXT"))
+    if "created_in" not in have_i:
+        conn.execute(sa.text(f"ALTER TABLE crmsync_identities ADD COLUMN created_in {big}"))
+    if "records" not in {c["name"] for c in insp.get_columns(outcomes.name)}:
+        conn.execute(sa.text("ALTER TABLE crmsync_outcomes ADD COLUMN records INTEGER"))
+    metadata.create_all(conn, tables=[shapes], checkfirst=True)
+    have = conn.execute(sa.select(meta.c.value).where(meta.c.key == TIMELINE_FROM)).scalar()
+    if have is None:
+        # Outcomes logged so far have their timeline entry stored as text already.
+        last = conn.execute(sa.select(sa.func.max(outcomes.c.id))).scalar() or 0
+        conn.execute(sa.insert(meta).values(key=TIMELINE_FROM, value=str(int(last) + 1)))
+    _without_rowid(conn, identities)
+    _without_rowid(conn, trigger_seen)
+
+
+def _without_rowid(conn: sa.Connection, table: sa.Table) -> None:
+    """SQLite: rebuild ``table`` as WITHOUT ROWID, its rows kept (the primary key
+    is the row: one b-tree instead of a rowid table plus the key's index)."""
+    if conn.dialect.name != "sqlite":
+        return
+    sql = conn.execute(
+        sa.text("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = :n"),
+        {"n": table.name},
+    ).scalar()
+    if sql is None or "WITHOUT ROWID" in sql.upper():
+        return
+    # Fixed names of our own tables (no input reaches this DDL).
+    old = f"{table.name}_rowid"
+    cols = ", ".join(r[1] for r in conn.exec_driver_sql(f"PRAGMA table_info({table.name})"))
+    conn.exec_driver_sql(f"ALTER TABLE {table.name} RENAME TO {old}")
+    for ix in table.indexes:
+        conn.exec_driver_sql(f"DROP INDEX IF EXISTS {ix.name}")
+    table.create(conn)
+    conn.exec_driver_sql(f"INSERT INTO {table.name} ({cols}) SELECT {cols} FROM {old}")
+    conn.exec_driver_sql(f"DROP TABLE {old}")
+
+
+def _v7(conn: sa.Connection) -> None:
     for ix in messages.indexes:
         if ix.name == "crmsync_messages_running":
             ix.create(conn, checkfirst=True)
 
 
 # Step n brings the schema from version n-1 to n.
-MIGRATIONS: list[Callable[[sa.Connection], None]] = [_v1, _v2, _v3, _v4, _v5, _v6]
+MIGRATIONS: list[Callable[[sa.Connection], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7]
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,4 +1,4 @@
--- crmsync state schema version 5 (postgresql), as created by schema.py at 5334861
+-- crmsync state schema version 5 (postgresql), as created by schema.py at dbc9976
 CREATE TABLE crmsync_activities (
 	id BIGSERIAL NOT NULL, 
 	link VARCHAR(128) NOT NULL, 

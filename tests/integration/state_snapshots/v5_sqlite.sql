@@ -1,4 +1,4 @@
--- crmsync state schema version 5 (sqlite), as created by schema.py at 5334861
+-- crmsync state schema version 5 (sqlite), as created by schema.py at dbc9976
 CREATE TABLE crmsync_activities (
 	id INTEGER NOT NULL, 
 	link VARCHAR(128) NOT NULL, 

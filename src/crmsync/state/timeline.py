@@ -1,8 +1,10 @@
 """Record timelines: one human-readable entry per sync outcome that touched a record.
 
-crmsync keeps every entry in its state; for a target that keeps a timeline of
-its own (Tryton notes), the entry is also written there, so the people who
-work in the CRM see what crmsync did without opening crmsync.
+The entry is rendered from the outcome when read (``state.log``), and for a
+target that keeps a timeline of its own (Tryton notes) when it is written
+there, so the people who work in the CRM see what crmsync did without opening
+crmsync. It sits with the state, which renders it; apply renders the entries
+that name related records (their refs are not in the outcome).
 """
 
 from __future__ import annotations
