@@ -80,15 +80,21 @@ class PairsMixin(Database):
     ) -> dict[str, str]:
         """Of ``ids`` on one side of ``link``, the version each pair last applied."""
         t = S.identities
-        col, ver = (
-            (t.c.source_id, t.c.source_version)
-            if side == "source"
-            else (t.c.target_id, t.c.target_version)
+        if not ids:
+            return {}
+        keys, col = list(ids), t.c.source_id
+        if side != "source":
+            # Through the target index first (SQLite would scan a WITHOUT ROWID
+            # table for whole rows found by target id).
+            keys, col = self.source_ids_of(c, link, keys), t.c.source_id
+        q = sa.select(t.c.source_id, t.c.target_id, t.c.source_version, t.c.target_version).where(
+            t.c.link == link, self.in_keys(col, keys)
         )
         out: dict[str, str] = {}
-        for chunk in chunks(list(ids), 500):
-            q = sa.select(col, ver).where(t.c.link == link, col.in_(chunk), ver.is_not(None))
-            out.update((str(r[0]), str(r[1])) for r in c.execute(q))
+        for sid, tid, sver, tver in c.execute(q):
+            rid, ver = (sid, sver) if side == "source" else (tid, tver)
+            if ver is not None and rid is not None:
+                out[str(rid)] = str(ver)
         return out
 
     def identities_by_source(

@@ -6,8 +6,10 @@ reads ``src/crmsync/state/schema.py`` as it was at ``GIT_REV`` (the last commit
 before the next schema version) and writes ``v<N>_sqlite.sql`` and
 ``v<N>_postgresql.sql`` beside this file: the DDL a fresh database at that
 version got (SQLAlchemy's ``create_all`` of every table, as its steps ran) and
-its version row. The files are then committed and never regenerated: they stand
-for databases already out there. Run it once per schema version, when the next
+its version row. Rows a step writes besides its DDL (v6: the meta row
+``timeline_from_outcome``) are appended by hand, as such a database holds them.
+The files are then committed and never regenerated: they stand for databases
+already out there. Run it once per schema version, when the next
 version is added.
 """
 
