@@ -245,6 +245,15 @@ class Database:
     def close(self) -> None:
         self.engine.dispose()
 
+    def _compile_once(self, stmt: Any) -> Any:
+        """A fixed statement's compiled form, made once per store (kept alive with
+        the statement, so its id is never reused)."""
+        compiled = self._compiled.get(id(stmt))
+        if compiled is None:
+            compiled = self._compiled[id(stmt)] = stmt.compile(dialect=self.engine.dialect)
+            self._keep.append(stmt)
+        return compiled
+
     def _executemany(self, c: sa.Connection, stmt: Any, rows: list[dict[str, Any]]) -> None:
         """Run a fixed statement for many rows at driver level.
 
@@ -252,12 +261,7 @@ class Database:
         insert on the migration's hot path; the statement is still built with
         Core and compiled once, only the rows skip the per-row machinery.
         """
-        key = id(stmt)
-        compiled = self._compiled.get(key)
-        if compiled is None:
-            compiled = stmt.compile(dialect=self.engine.dialect)
-            self._compiled[key] = compiled
-            self._keep.append(stmt)
+        compiled = self._compile_once(stmt)
         if compiled.positiontup is not None:  # SQLite (qmark): values as stored text
             pick = operator.itemgetter(*compiled.positiontup)
             params: list[Any] = list(map(pick, rows))
@@ -268,12 +272,7 @@ class Database:
     def _insert_returning_id(self, c: sa.Connection, stmt: Any, row: dict[str, Any]) -> int:
         """Insert one row of a fixed ``INSERT ... RETURNING id`` at driver level
         (values as ``_executemany`` binds them) and return its id."""
-        key = id(stmt)
-        compiled = self._compiled.get(key)
-        if compiled is None:
-            compiled = stmt.compile(dialect=self.engine.dialect)
-            self._compiled[key] = compiled
-            self._keep.append(stmt)
+        compiled = self._compile_once(stmt)
         params: Any = row
         if compiled.positiontup is not None:
             params = tuple(row[k] for k in compiled.positiontup)
