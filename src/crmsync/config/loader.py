@@ -389,6 +389,29 @@ def _validation_problems(exc: ValidationError, data: Any, smap: SourceMap) -> li
 # -- static cross-references (no I/O) -----------------------------------------
 
 
+def _object_problem(
+    systems: dict[str, Any], ref: Any, path: str, smap: SourceMap
+) -> Problem | None:
+    """``SYSTEM.OBJECT`` at ``path`` names a declared system and object, or a problem."""
+    if not isinstance(ref, str):
+        return None
+    sname, dot, oname = ref.partition(".")
+    if not dot or not _NAME.match(sname) or not _NAME.match(oname):
+        return None  # pydantic already says "expected SYSTEM.OBJECT"
+    if sname not in systems:
+        known = ", ".join(map(str, systems)) or "none"
+        return (smap.locate(path), f"system {sname!r} is not defined (systems: {known})")
+    sys_cfg = systems[sname]
+    objects = sys_cfg.get("objects") if isinstance(sys_cfg, dict) else None
+    if isinstance(objects, dict) and oname not in objects:
+        known = ", ".join(map(str, objects)) or "none"
+        return (
+            smap.locate(path),
+            f"object {oname!r} is not declared under system {sname!r} (objects: {known})",
+        )
+    return None
+
+
 def _cross_problems(data: dict[str, Any], smap: SourceMap) -> list[Problem]:
     problems: list[Problem] = []
     systems = data.get("systems")
@@ -400,31 +423,54 @@ def _cross_problems(data: dict[str, Any], smap: SourceMap) -> list[Problem]:
             continue
         lpath = join_path("links", lname)
         for side in ("source", "target"):
-            ref = link.get(side)
-            if not isinstance(ref, str):
-                continue
-            sname, dot, oname = ref.partition(".")
-            if not dot or not _NAME.match(sname) or not _NAME.match(oname):
-                continue  # pydantic already says "expected SYSTEM.OBJECT"
-            spath = join_path(lpath, side)
-            if sname not in systems:
-                known = ", ".join(map(str, systems)) or "none"
-                problems.append(
-                    (smap.locate(spath), f"system {sname!r} is not defined (systems: {known})")
-                )
-                continue
-            sys_cfg = systems[sname]
-            objects = sys_cfg.get("objects") if isinstance(sys_cfg, dict) else None
-            if isinstance(objects, dict) and oname not in objects:
-                known = ", ".join(map(str, objects)) or "none"
-                problems.append(
-                    (
-                        smap.locate(spath),
-                        f"object {oname!r} is not declared under system {sname!r} "
-                        f"(objects: {known})",
-                    )
-                )
+            if (p := _object_problem(systems, link.get(side), join_path(lpath, side), smap)):
+                problems.append(p)
         problems += _duplicate_writes(link, lpath, smap)
+    rules = data.get("rules")
+    if isinstance(rules, dict):
+        for rname, rule in rules.items():
+            if isinstance(rule, dict):
+                problems += _rule_refs(rule, join_path("rules", rname), systems, links, smap)
+    return problems
+
+
+def _rule_refs(
+    rule: dict[str, Any],
+    rpath: str,
+    systems: dict[str, Any],
+    links: dict[str, Any],
+    smap: SourceMap,
+) -> list[Problem]:
+    """A rule's object, and the links its actions name, exist."""
+    problems: list[Problem] = []
+    if (p := _object_problem(systems, rule.get("on"), join_path(rpath, "on"), smap)):
+        return [p]
+    known = ", ".join(map(str, links)) or "none"
+    steps = rule.get("then")
+    for i, step in enumerate(steps if isinstance(steps, list) else []):
+        if not isinstance(step, dict) or len(step) != 1:
+            continue
+        kind, spec = next(iter(step.items()))
+        spath = f"{rpath}.then[{i}].{kind}"
+        if kind == "sync":
+            name, npath = spec, spath
+        elif kind in ("set", "activity") and isinstance(spec, dict):
+            name, npath = spec.get("via"), join_path(spath, "via")
+        else:
+            continue
+        if not isinstance(name, str):
+            continue
+        if name not in links:
+            problems.append((smap.locate(npath), f"link {name!r} is not defined (links: {known})"))
+            continue
+        lc = links[name]
+        ends = [lc.get("source"), lc.get("target")] if isinstance(lc, dict) else []
+        if rule.get("on") not in ends:
+            problems.append((
+                smap.locate(npath),
+                f"link {name!r} pairs {' and '.join(map(str, ends))}, not the rule's object "
+                f"{rule.get('on')!r}",
+            ))
     return problems
 
 

@@ -107,6 +107,17 @@ class _System(_Strict):
         return v
 
 
+class ActivitiesConfig(_Strict):
+    """Where a rule's ``activity`` action writes in a SQL system: one row per event."""
+
+    table: str = Field(description="activity table (checked against the live schema)")
+    record: str = Field(description="column that holds the record's key")
+    subject: str = Field(description="column for the rendered subject")
+    body: str | None = Field(None, description="column for the rendered body")
+    at: str | None = Field(None, description="column for the time the rule fired")
+    schema_name: str | None = Field(None, alias="schema", description="database schema")
+
+
 class SystemConfig(_System):
     """A system reached through SQL (any SQLAlchemy URL)."""
 
@@ -119,6 +130,9 @@ class SystemConfig(_System):
     )
     quota: QuotaConfig | None = Field(
         None, description="API budget; work beyond it waits for the next window"
+    )
+    activities: ActivitiesConfig | None = Field(
+        None, description="the table rules' `activity` actions write to"
     )
 
 
@@ -228,12 +242,20 @@ class Op(StrEnum):
     IS_NOT_EMPTY = "is_not_empty"
     IS_TRUE = "is_true"
     IS_FALSE = "is_false"
-    # event operators: only in a link's trigger.when (they compare with the last state seen)
+    # event operators: only in a link's trigger.when and a rule's when (they compare
+    # with the last state seen)
     CHANGED = "changed"
     CHANGED_TO = "changed_to"
+    # rules only: the field had ``value`` last time and has another now
+    CHANGED_FROM = "changed_from"
+    # rules only: ``value`` is a condition on the field ({op, value}) that was false
+    # last time and is true now ("score becomes >= 50")
+    BECOMES = "becomes"
 
 
 UNARY_OPS = {Op.IS_EMPTY, Op.IS_NOT_EMPTY, Op.IS_TRUE, Op.IS_FALSE, Op.CHANGED}
+EVENT_OPS = frozenset({Op.CHANGED, Op.CHANGED_TO, Op.CHANGED_FROM, Op.BECOMES})
+RULE_ONLY_OPS = frozenset({Op.CHANGED_FROM, Op.BECOMES})
 
 
 class Condition(_Strict):
@@ -252,6 +274,19 @@ class Condition(_Strict):
 
     @model_validator(mode="after")
     def _value_fits_op(self) -> Condition:
+        if self.op is Op.BECOMES:
+            # The inner condition is checked like any other, on the same field.
+            inner = self.value
+            if not isinstance(inner, dict) or "op" not in inner or set(inner) - {"op", "value"}:
+                raise ValueError(
+                    "op becomes expects value: {op: OP, value: V} (a condition on the same "
+                    f"field, e.g. {{op: ge, value: 50}}), got {inner!r}"
+                )
+            cond = Condition(field=self.field, op=inner["op"], value=inner.get("value"))
+            if cond.op in EVENT_OPS:
+                raise ValueError(f"op becomes takes a plain condition, not {cond.op.value}")
+            self.value = cond
+            return self
         if self.op in (Op.IN, Op.NOT_IN) and not isinstance(self.value, list):
             raise ValueError(f"op {self.op.value} expects a list of values")
         if self.op not in UNARY_OPS and self.op not in (Op.IN, Op.NOT_IN) and self.value is None:
@@ -339,13 +374,24 @@ class TriggerConfig(_Strict):
         description="criteria; may use op changed and changed_to {field, op, value}"
     )
 
+    @field_validator("when")
+    @classmethod
+    def _no_rule_ops(cls, v: Any) -> Any:
+        if _ops_in(v, RULE_ONLY_OPS):
+            raise ValueError("ops changed_from and becomes are only allowed in a rule's when")
+        return v
+
+
+def _ops_in(c: Any, ops: frozenset[Op]) -> bool:
+    if isinstance(c, AllOf):
+        return any(_ops_in(x, ops) for x in c.all)
+    if isinstance(c, AnyOf):
+        return any(_ops_in(x, ops) for x in c.any)
+    return isinstance(c, Condition) and c.op in ops
+
 
 def _event_ops_in(c: Any) -> bool:
-    if isinstance(c, AllOf):
-        return any(_event_ops_in(x) for x in c.all)
-    if isinstance(c, AnyOf):
-        return any(_event_ops_in(x) for x in c.any)
-    return isinstance(c, Condition) and c.op in (Op.CHANGED, Op.CHANGED_TO)
+    return _ops_in(c, EVENT_OPS)
 
 
 class LinkConfig(_Strict):
@@ -385,7 +431,10 @@ class LinkConfig(_Strict):
     @classmethod
     def _no_event_ops(cls, v: Any) -> Any:
         if v is not None and _event_ops_in(v):
-            raise ValueError("ops changed and changed_to are only allowed in trigger.when")
+            raise ValueError(
+                "event ops (changed, changed_to, changed_from, becomes) are only allowed in "
+                "trigger.when and in a rule's when"
+            )
         return v
 
     @field_validator("schedule")
@@ -431,14 +480,119 @@ class LinkConfig(_Strict):
         return any(self.mapping_direction(m) is not Direction.FORWARD for m in self.fields)
 
 
+# -- rules: criteria workflows that act (engine in crmsync/rules/) -----------------
+
+
+class SetSpec(_Strict):
+    via: str | None = Field(None, description="link whose pairing leads to the record to set")
+    values: dict[str, Any] = Field(min_length=1, description="field: value to write")
+
+
+class SetStep(_Strict):
+    set: SetSpec = Field(description="write fields on the record, or `via` a link its pair")
+
+
+class ActivitySpec(_Strict):
+    via: str | None = Field(None, description="link whose pairing leads to the record")
+    subject: str = Field(description="template over the watched record's fields: {field}")
+    body: str = Field("", description="template over the watched record's fields: {field}")
+
+
+class ActivityStep(_Strict):
+    activity: ActivitySpec = Field(description="log an activity on the record (or its pair)")
+
+
+class SyncStep(_Strict):
+    sync: str = Field(description="link to sync the record through now")
+
+
+class WebhookSpec(_Strict):
+    url: str = Field(description="where to POST; use ${VAR}")
+    secret: str = Field(description="Standard Webhooks secret (whsec_...); use ${VAR}")
+    timeout: float = Field(10.0, gt=0, le=120, description="seconds per delivery attempt")
+
+
+class WebhookStep(_Strict):
+    webhook: WebhookSpec = Field(description="POST the event, Standard Webhooks-signed")
+
+
+def _step_kind(v: Any) -> str | None:
+    # Pick the action by its one key so a typo reports one error, not one per kind.
+    if isinstance(v, dict) and len(v) == 1:
+        key = next(iter(v))
+        return key if key in ("set", "activity", "sync", "webhook") else None
+    if isinstance(v, BaseModel):
+        return type(v).__name__.removesuffix("Step").lower()
+    return None
+
+
+RuleStep = Annotated[
+    Annotated[SetStep, Tag("set")]
+    | Annotated[ActivityStep, Tag("activity")]
+    | Annotated[SyncStep, Tag("sync")]
+    | Annotated[WebhookStep, Tag("webhook")],
+    Discriminator(
+        _step_kind,
+        custom_error_type="rule_action",
+        custom_error_message="expected one action: set, activity, sync or webhook",
+    ),
+]
+
+
+class RuleConfig(_Strict):
+    """When a watched record changes so that ``when`` holds, do ``then`` (in order)."""
+
+    on: str = Field(description="SYSTEM.OBJECT the rule watches")
+    schedule: str | None = Field(
+        None,
+        description="capture the object for the rule itself on this schedule; without it "
+        "the rule sees the changes links capture for the object",
+    )
+    when: Criteria | None = Field(
+        None,
+        description="criteria (all/any, filter ops, and the event ops changed, changed_to, "
+        "changed_from, becomes); without it every change fires",
+    )
+    then: list[RuleStep] = Field(min_length=1, description="actions, in order")
+    enabled: bool = True
+
+    @field_validator("on")
+    @classmethod
+    def _ref(cls, v: str) -> str:
+        system, dot, obj = v.partition(".")
+        if not dot or not re.match(NAME_RE, system) or not re.match(NAME_RE, obj):
+            raise ValueError(f"expected SYSTEM.OBJECT, got {v!r}")
+        return v
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, v: str | None) -> str | None:
+        if v is not None:
+            from crmsync.schedule import parse_schedule
+
+            parse_schedule(v)
+        return v
+
+    @property
+    def system(self) -> str:
+        return self.on.partition(".")[0]
+
+    @property
+    def object(self) -> str:
+        return self.on.partition(".")[2]
+
+
 class Config(_Strict):
     """A crmsync.yaml file."""
 
     state: str = Field("sqlite:///crmsync.db", description="state database URL")
     systems: dict[str, AnySystem] = Field(min_length=1)
     links: dict[str, LinkConfig] = Field(min_length=1)
+    rules: dict[str, RuleConfig] = Field(
+        default_factory=dict, description="criteria workflows that act on captured changes"
+    )
 
-    @field_validator("systems", "links")
+    @field_validator("systems", "links", "rules")
     @classmethod
     def _names(cls, v: dict[str, Any]) -> dict[str, Any]:
         for name in v:

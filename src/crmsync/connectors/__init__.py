@@ -38,6 +38,7 @@ def build_connectors(
             out[name] = reuse[name]
         elif sys_cfg.connector == "sql":
             out[name] = SqlConnector(name, sys_cfg.url, sys_cfg.objects)
+            out[name]._activities = sys_cfg.activities
         elif sys_cfg.connector == "webhook":
             from crmsync.connectors.webhook import WebhookConnector
 

@@ -29,8 +29,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
+from crmsync.errors import SchemaError
 from crmsync.model import ObjectSpec, Record
 
 Cursor = dict[str, Any]
@@ -164,6 +166,14 @@ class Connector(ABC):
         Only for connectors whose ``capabilities.activities`` is True.
         """
         raise NotImplementedError(f"{self.name} keeps no activity timeline")
+
+    def add_event_activity(
+        self, obj: str, rid: str, subject: str, body: str, at: datetime, *, probe: bool
+    ) -> str | None:
+        """Log an event (a rule's ``activity``) on record ``rid``; its id, if any.
+
+        With ``probe``, an earlier attempt may have written it: return that one."""
+        raise SchemaError(f"system {self.name!r} cannot hold activities")
 
     def remove_activities(self, ids: Sequence[str]) -> None:
         """Delete timeline entries made by ``add_activities`` (GDPR erasure)."""

@@ -46,6 +46,7 @@ from crmsync.engine.retry import RetryPolicy
 from crmsync.engine.tally import BatchResult, RunTally, WorkItem, outcome_status
 from crmsync.engine.trigger import seen_values
 from crmsync.model import Action, Outcome, Record, RecordRef, Side
+from crmsync.rules.memory import note_written
 from crmsync.state.log import CREATED_FROM_PAIR
 from crmsync.state.store import Identity, StateStore, dumps, utcnow
 from crmsync.state.timeline import HEADLINES, activity_text
@@ -475,8 +476,16 @@ class Applier:
             for it in items
             if it.message_id is not None and it.message_id not in res.failed_messages
         ]
+        t_writes, s_writes = (
+            self._rule_writes(d, failed_pairs) if self.state.rule_watch else ({}, {})
+        )
+        if t_writes and (self.tsystem, self.tobj) in self.state.rule_watch:
+            self._read_back(d, t_writes)
         with self.state.begin(durable=False) as c:  # a lost commit re-runs the batch
             self.state.save_identities(c, name, identity_rows)
+            # Rules watching the written records take these writes as seen (no echo).
+            note_written(self.state, c, self.tsystem, self.tobj, t_writes)
+            note_written(self.state, c, self.ssystem, self.sobj, s_writes)
             # A record whose write failed keeps its old seen state, so it fires again.
             self.state.save_trigger_seen(
                 c, name, [(sid, v) for sid, v in read.seen_rows if sid not in failed_pairs]
@@ -494,6 +503,42 @@ class Applier:
             self._notes_waiting = True
         if self._notes_waiting:
             self.deliver_activities()
+
+    @staticmethod
+    def _rule_writes(
+        d: Decisions, failed: dict[str, str]
+    ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+        """What this batch wrote, per record: target id -> values, source id -> values."""
+        tupd, supd = dict(d.target_updates), dict(d.source_updates)
+        t: dict[str, dict[str, Any]] = {}
+        s: dict[str, dict[str, Any]] = {}
+        for p in d.pending:
+            if p.source_id in failed:
+                continue
+            if p.create_index is not None and p.target_id:
+                t[p.target_id] = d.creates[p.create_index]
+            elif p.target_write and p.target_id in tupd:
+                t[p.target_id] = tupd[p.target_id]
+            if p.source_write and p.source_id in supd:
+                s[p.source_id] = supd[p.source_id]
+        return t, s
+
+    def _read_back(self, d: Decisions, t_writes: dict[str, dict[str, Any]]) -> None:
+        """Records this batch created, as the target holds them now (its defaults
+        included), for the rules watching them: a created record is crmsync's own
+        write as a whole, never a change a rule fires on."""
+        made = [p.target_id for p in d.pending
+                if p.create_index is not None and p.target_id in t_writes]
+        if not made:
+            return
+        try:
+            back = self.target.read(self.tobj, [t for t in made if t])
+        except Exception as exc:  # the written values stand in for them
+            log.warning("link %s: created records not read back for rules: %s",
+                        self.link.name, exc)
+            return
+        for tid, rec in back.items():
+            t_writes[tid] = {**rec.values, **t_writes.get(tid, {})}
 
     def _outcome_row(self, out: Outcome, now: Any, fields_json: str) -> dict[str, Any]:
         return {

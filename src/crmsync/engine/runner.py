@@ -137,6 +137,23 @@ class Engine:
         self.worker_id = make_worker_id()
         self.lease_s = 60.0
         self.use_quota(quota or QuotaGuard(config, state, utcnow))
+        self._rules: Any = None
+        if config.rules:
+            from crmsync.rules.memory import wire
+
+            wire(config, state)  # captures feed the rules from the first page on
+
+    @property
+    def rules(self) -> Any:
+        """The rules' runner (``crmsync.rules.engine.RuleRunner``), made when first used."""
+        if self._rules is None:
+            from crmsync.rules.engine import RuleRunner
+
+            self._rules = RuleRunner(
+                self.config, self.state, self.connectors, retry=self.retry,
+                worker=self.worker_id, gate=self.quota_gate, lease_s=self.lease_s,
+            )
+        return self._rules
 
     # -- quotas ----------------------------------------------------------
     def use_quota(self, guard: QuotaGuard, *, wait_rate: bool = True) -> None:
@@ -210,12 +227,39 @@ class Engine:
         dry_run: bool = False,
         max_samples: int = 5,
     ) -> list[LinkReport]:
-        reports = []
-        for name in self.link_names(only):
+        reports: list[Any] = []
+        names = self.link_names(only)
+        for name in names:
             reports.append(
                 self.sync_link(name, full=full, dry_run=dry_run, max_samples=max_samples)
             )
+        if self.config.rules and not dry_run:
+            reports += self.run_rules(names if only is not None else None)
         return reports
+
+    def run_rules(self, links: list[str] | None = None) -> list[Any]:
+        """A pass over the enabled rules (those watching ``links``' objects when given);
+        links their ``sync`` actions queued records for are drained again, so "sync
+        now" is done when the command returns."""
+        runner = self.rules
+        names = runner.enabled(runner.for_links(links) if links is not None else None)
+        reports: list[Any] = []
+        for name in names:
+            reports.append(runner.run(name))
+        synced = {
+            step.sync
+            for name in names
+            for step in self.config.rules[name].then
+            if getattr(step, "sync", None)
+        }
+        for link in self.link_names():
+            if link in synced and self._has_due(link):
+                reports.append(self.sync_link(link))
+        return reports
+
+    def _has_due(self, link: str) -> bool:
+        with self.state.connect() as c:
+            return any(self.state.pending_ids(c, link, side.value) for side in Side)
 
     def sync_link(
         self, name: str, *, full: bool = False, dry_run: bool = False, max_samples: int = 5

@@ -51,6 +51,12 @@ def _pending_twin(m: sa.Table) -> sa.Select[Any]:
 class QueueMixin(Database):
     """The queue's writes (claim, finish, release, retry) and its views."""
 
+    # (link, side) -> the queues of the rules watching that side's object
+    # (``rule:NAME``); set by the engine from the config.
+    rule_feeds: dict[tuple[str, str], tuple[str, ...]] = {}
+    # (system, object) -> the queues of the rules watching it (``rules.memory``).
+    rule_watch: dict[tuple[str, str], tuple[str, ...]] = {}
+
     def enqueue(
         self,
         c: sa.Connection,
@@ -60,8 +66,17 @@ class QueueMixin(Database):
         *,
         now: datetime | None = None,
     ) -> int:
-        """Queue ``(record_id, op, version)`` changes; a waiting one per record collapses."""
+        """Queue ``(record_id, op, version)`` changes; a waiting one per record collapses.
+
+        The rules watching the record's object (``rule_feeds``) are queued the same
+        change in the same transaction: whatever captured it (a poll, a webhook, a
+        request), a rule sees it once it is durable.
+        """
         now = now or utcnow()
+        items = list(items)
+        for feed in self.rule_feeds.get((link, side), ()):
+            self.enqueue(c, feed, "source", [(rid, "upsert", None) for rid, _, _ in items],
+                         now=now)
         rows = [
             {
                 "link": link,

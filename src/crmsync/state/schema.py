@@ -281,6 +281,27 @@ shapes = sa.Table(
     sa.Column("names", sa.Text, nullable=False),  # the keys, a JSON list
 )
 
+# -- v8: rules ----------------------------------------------------------------------
+
+# One row per time a rule fired for a change: what it saw, and how far its actions
+# got. Delivery (claim, lease, retry, failure) is a queue message of link
+# ``rule:NAME``, side ``action``, whose record id is this row's id.
+rule_firings = sa.Table(
+    "crmsync_rule_firings",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True,
+              autoincrement=True),
+    sa.Column("rule", sa.String(128), nullable=False),
+    sa.Column("record_ref", sa.String(400), nullable=False),
+    sa.Column("record_values", sa.Text, nullable=False),  # canonical JSON when it fired
+    sa.Column("changed", sa.Text, nullable=False),  # JSON list of the fields that changed
+    sa.Column("fired_at", sa.DateTime, nullable=False),
+    sa.Column("step", sa.Integer, nullable=False, default=0),  # actions done, in order
+    # The action begun and not known to be done: its effect may exist (probed on retry).
+    sa.Column("tried_step", sa.Integer, nullable=True),
+)
+sa.Index("crmsync_rule_firings_ref", rule_firings.c.record_ref)
+
 V1_TABLES = [meta, cursors, messages, identities, runs, outcomes]
 V2_TABLES = [tokens, audit, webhook_deliveries, pushed_records, link_state]
 
@@ -371,6 +392,10 @@ def _v7(conn: sa.Connection) -> None:
             ix.create(conn, checkfirst=True)
 
 
+def _v8(conn: sa.Connection) -> None:
+    metadata.create_all(conn, tables=[rule_firings], checkfirst=True)
+
+
 # Step n brings the schema from version n-1 to n.
-MIGRATIONS: list[Callable[[sa.Connection], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7]
+MIGRATIONS: list[Callable[[sa.Connection], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8]
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -8,7 +8,8 @@ Each concept lives in its own module, with its SQL and prebuilt statements:
 - ``log``: runs, outcomes, record timelines (activities);
 - ``admin``: tokens, audit, link switches, the scheduler, quotas;
 - ``pushed``: the webhook replay ledger and the records push-only systems send;
-- ``erasure``: erased records and scrubbing what the state holds about them.
+- ``erasure``: erased records and scrubbing what the state holds about them;
+- ``rules``: what each rule firing saw and how far its actions got.
 
 Callers import from here; the modules are the place to read and change SQL.
 """
@@ -22,6 +23,7 @@ from crmsync.state.log import LogMixin
 from crmsync.state.pairs import Identity, PairsMixin
 from crmsync.state.pushed import PushedMixin
 from crmsync.state.queue import UNREACHABLE, Message, QueueMixin
+from crmsync.state.rules import RulesMixin
 
 __all__ = [
     "UNREACHABLE",
@@ -33,5 +35,7 @@ __all__ = [
 ]
 
 
-class StateStore(QueueMixin, PairsMixin, LogMixin, AdminMixin, PushedMixin, ErasureMixin):
+class StateStore(
+    QueueMixin, PairsMixin, LogMixin, AdminMixin, PushedMixin, ErasureMixin, RulesMixin
+):
     """Access to one state database."""

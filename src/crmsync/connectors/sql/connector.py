@@ -18,12 +18,13 @@ as crmsync errors), ``capture`` (change pages and cursors), ``read``,
 from __future__ import annotations
 
 from crmsync.connectors.base import Capabilities
+from crmsync.connectors.sql.activity import SqlActivity
 from crmsync.connectors.sql.capture import SqlCapture
 from crmsync.connectors.sql.read import SqlRead
 from crmsync.connectors.sql.write import SqlWrite
 
 
-class SqlConnector(SqlCapture, SqlRead, SqlWrite):
+class SqlConnector(SqlCapture, SqlRead, SqlWrite, SqlActivity):
     """A relational database reached through a SQLAlchemy URL."""
 
     capabilities = Capabilities(batch_size=500, upsert=True, hard_delete=True)

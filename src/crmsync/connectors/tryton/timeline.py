@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
 from crmsync.connectors.tryton.read import TrytonRead
 
@@ -30,6 +31,23 @@ class TrytonTimeline(TrytonRead):
                      [{"resource": f"{o.model},{int(rid)}", "message": text}
                       for rid, text in items])
         return [str(i) for i in ids]
+
+    def add_event_activity(
+        self, obj: str, rid: str, subject: str, body: str, at: datetime, *, probe: bool
+    ) -> str | None:
+        """A rule's activity as a note on the record; with ``probe``, the note an
+        earlier, interrupted attempt may have written (same record and text) is
+        taken instead of writing a second one."""
+        o = self._obj(obj)
+        text = f"{subject}\n\n{body}" if body else subject
+        resource = f"{o.model},{int(rid)}"
+        if probe:
+            have = self.m("ir.note", "search",
+                          [["resource", "=", resource], ["message", "=", text]], 0, 1, None)
+            if have:
+                return str(have[0])
+        ids = self.m("ir.note", "create", [{"resource": resource, "message": text}])
+        return str(ids[0]) if ids else None
 
     def remove_activities(self, ids: Sequence[str]) -> None:
         want = [int(i) for i in ids]

@@ -1,0 +1,282 @@
+"""Rules that act: the cadence job on real SQLite systems, a real loopback webhook receiver.
+
+A contact closed in the CRM leaves its cadence (a ``set`` through the link's
+pairing), gets an activity in the CRM's activity table, is synced now and
+announced by a signed webhook; a call outcome in the cadence system becomes an
+activity on the CRM contact. Nothing fires twice, nothing fires on crmsync's
+own writes, nothing fires for records that existed before the rule.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from standardwebhooks.webhooks import Webhook
+
+from crmsync.config.loader import load_config
+from crmsync.connectors import build_connectors
+from crmsync.engine.retry import RetryPolicy
+from crmsync.engine.runner import Engine
+from crmsync.state.store import StateStore, utcnow
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+CONFIG = """\
+state: sqlite:///{d}/state.db
+systems:
+  crm:
+    connector: sql
+    url: sqlite:///{d}/crm.db
+    activities: {{table: activity, record: contact_id, subject: subject, body: body, at: created_at}}
+    objects:
+      contact: {{table: contact, key: id, updated_at: updated_at, lookback: 0}}
+  cadence:
+    connector: sql
+    url: sqlite:///{d}/cadence.db
+    objects:
+      prospect: {{table: prospect, key: id, updated_at: updated_at, lookback: 0}}
+links:
+  prospects:
+    source: crm.contact
+    target: cadence.prospect
+    match: {{email: email}}
+    fields:
+      - {{source: email, target: email}}
+      - {{source: name, target: name}}
+rules:
+  exit_cadence:
+    on: crm.contact
+    when:
+      all:
+        - {{field: type, op: in, value: [Lead, Contact]}}
+        - {{field: status, op: changed_to, value: Closed}}
+        - any:
+            - {{field: do_not_call, op: is_true}}
+            - {{field: owner, op: changed}}
+    then:
+      - set: {{via: prospects, values: {{cadence: null, state: exited}}}}
+      - activity: {{subject: "Removed from cadence", body: "{{status}} by {{owner}}"}}
+      - sync: prospects
+      - webhook: {{url: "{hook}", secret: "{secret}"}}
+  call_outcome:
+    on: cadence.prospect
+    schedule: "*/5 * * * *"
+    when: {{field: last_outcome, op: changed}}
+    then:
+      - activity: {{via: prospects, subject: "Call: {{last_outcome}}", body: "{{last_notes}}"}}
+"""
+
+
+class Receiver:
+    """A real HTTP endpoint on loopback that answers with the statuses it is given."""
+
+    def __init__(self) -> None:
+        self.got: list[tuple[dict[str, str], bytes]] = []
+        self.statuses: list[int] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - the http.server name
+                body = self.rfile.read(int(self.headers["content-length"]))
+                outer.got.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                code = outer.statuses.pop(0) if outer.statuses else 204
+                self.send_response(code)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def events(self) -> list[dict[str, Any]]:
+        out = []
+        for headers, body in self.got:
+            out.append({"id": headers["webhook-id"],
+                        **Webhook(SECRET).verify(body, headers)})  # raises if unsigned
+        return out
+
+
+@pytest.fixture
+def hook() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.close()
+
+
+class Cadence:
+    def __init__(self, d: Path, hook: Receiver) -> None:
+        self.d = d
+        self.crm = sa.create_engine(f"sqlite:///{d}/crm.db")
+        self.cad = sa.create_engine(f"sqlite:///{d}/cadence.db")
+        with self.crm.begin() as c:
+            c.exec_driver_sql(
+                "CREATE TABLE contact (id INTEGER PRIMARY KEY, name TEXT, email TEXT, type TEXT,"
+                " status TEXT, do_not_call BOOLEAN, owner TEXT, updated_at DATETIME)"
+            )
+            c.exec_driver_sql(
+                "CREATE TABLE activity (id INTEGER PRIMARY KEY AUTOINCREMENT, contact_id INTEGER,"
+                " subject TEXT, body TEXT, created_at DATETIME)"
+            )
+        with self.cad.begin() as c:
+            c.exec_driver_sql(
+                "CREATE TABLE prospect (id INTEGER PRIMARY KEY AUTOINCREMENT, email TEXT,"
+                " name TEXT, cadence TEXT DEFAULT 'onboarding', state TEXT DEFAULT 'active',"
+                " last_outcome TEXT, last_notes TEXT, updated_at DATETIME)"
+            )
+        (d / "crmsync.yaml").write_text(CONFIG.format(d=d, hook=hook.url, secret=SECRET))
+
+    @staticmethod
+    def _stamp() -> str:
+        return utcnow().strftime("%Y-%m-%d %H:%M:%S.%f")
+
+    def contact(self, id_: int, **values: Any) -> None:
+        values["updated_at"] = self._stamp()
+        with self.crm.begin() as c:
+            cols = ", ".join(values)
+            marks = ", ".join(f":{k}" for k in values)
+            sets = ", ".join(f"{k} = excluded.{k}" for k in values)
+            c.execute(sa.text(f"INSERT INTO contact (id, {cols}) VALUES (:id, {marks})"
+                              f" ON CONFLICT (id) DO UPDATE SET {sets}"), {"id": id_, **values})
+
+    def prospect_set(self, email: str, **values: Any) -> None:
+        values["updated_at"] = self._stamp()
+        sets = ", ".join(f"{k} = :{k}" for k in values)
+        with self.cad.begin() as c:
+            c.execute(sa.text(f"UPDATE prospect SET {sets} WHERE email = :email"),
+                      {"email": email, **values})
+
+    def prospects(self) -> dict[str, tuple[Any, ...]]:
+        with self.cad.connect() as c:
+            return {r[0]: tuple(r[1:]) for r in c.exec_driver_sql(
+                "SELECT email, name, cadence, state FROM prospect")}
+
+    def activities(self) -> list[tuple[Any, ...]]:
+        with self.crm.connect() as c:
+            return [tuple(r) for r in c.exec_driver_sql(
+                "SELECT contact_id, subject, body FROM activity ORDER BY id")]
+
+    def sync(self, retry: RetryPolicy | None = None) -> dict[str, dict[str, int]]:
+        config = load_config(self.d / "crmsync.yaml")
+        state = StateStore(config.state)
+        state.migrate()
+        conns = build_connectors(config, state)
+        try:
+            reports = Engine(config, state, conns, retry=retry).sync()
+            out: dict[str, dict[str, int]] = {}
+            for r in reports:
+                assert r.status == "ok", (r.link, r.error)
+                for k, v in r.summary().items():
+                    out.setdefault(r.link, {}).setdefault(k, 0)
+                    out[r.link][k] += v
+            return out
+        finally:
+            state.close()
+            for c in conns.values():
+                c.close()
+
+    def state(self) -> sa.Engine:
+        return sa.create_engine(f"sqlite:///{self.d}/state.db")
+
+
+def test_cadence_rules_fire_once_and_act(tmp_path: Path, hook: Receiver) -> None:
+    s = Cadence(tmp_path, hook)
+    s.contact(1, name="Ada", email="ada@x.test", type="Lead", status="Open", do_not_call=False,
+              owner="kim")
+    s.contact(2, name="Bob", email="bob@x.test", type="Partner", status="Open",
+              do_not_call=True, owner="kim")
+    first = s.sync()
+    assert set(s.prospects()) == {"ada@x.test", "bob@x.test"}
+    # The records that existed when the rules started are their baseline: no firing.
+    assert first["rule:exit_cadence"].get("fired", 0) == 0
+    assert first["rule:call_outcome"].get("fired", 0) == 0
+    assert s.activities() == [] and hook.got == []
+
+    # Closed with do-not-call: every action, in order, once.
+    s.contact(1, status="Closed", do_not_call=True)
+    # Closed, but not a Lead/Contact: the record type criterion holds it back.
+    s.contact(2, status="Closed", owner="lee")
+    counts = s.sync()
+    assert counts["rule:exit_cadence"]["fired"] == 1
+    assert s.prospects()["ada@x.test"][1:] == (None, "exited")
+    assert s.prospects()["bob@x.test"][1:] == ("onboarding", "active")
+    assert s.activities() == [(1, "Removed from cadence", "Closed by kim")]
+    (ev,) = hook.events()
+    assert ev["rule"] == "exit_cadence" and ev["record"] == "crm.contact:1"
+    assert ev["values"]["status"] == "Closed" and set(ev["changed"]) == {"status", "do_not_call"}
+    # The rule's own `set` on the prospect is no call outcome: call_outcome stays quiet.
+    assert counts.get("rule:call_outcome", {}).get("fired", 0) == 0
+
+    # Nothing new: nothing fires again (re-reads, echoes of crmsync's writes).
+    again = s.sync()
+    assert again.get("rule:exit_cadence", {}).get("fired", 0) == 0
+    assert again.get("rule:call_outcome", {}).get("fired", 0) == 0
+    assert len(hook.got) == 1 and len(s.activities()) == 1
+
+    # A touch outcome in the cadence system becomes an activity on the CRM contact.
+    s.prospect_set("ada@x.test", last_outcome="connected", last_notes="wants a demo")
+    counts = s.sync()
+    assert counts["rule:call_outcome"].get("fired") == 1, counts
+    assert s.activities()[-1] == (1, "Call: connected", "wants a demo")
+    s.sync()
+    assert len(s.activities()) == 2
+
+    # A new contact after the rule started counts as changed from nothing.
+    s.contact(3, name="Cy", email="cy@x.test", type="Contact", status="Closed",
+              do_not_call=True, owner="kim")
+    counts = s.sync()
+    assert counts["rule:exit_cadence"]["fired"] == 1
+    assert s.prospects()["cy@x.test"][1:] == (None, "exited")
+
+    # Every action left an outcome and a timeline entry on the watched record.
+    with s.state().connect() as c:
+        rows = c.exec_driver_sql(
+            "SELECT action, status FROM crmsync_outcomes WHERE link = 'rule:exit_cadence'"
+            " AND source_ref = 'crm.contact:1' ORDER BY id").all()
+    assert [tuple(r) for r in rows] == [
+        ("fired", "ok"), ("set", "ok"), ("activity", "ok"), ("sync", "ok"), ("webhook", "ok")]
+
+
+def test_failed_webhook_is_retried_with_the_same_id(tmp_path: Path, hook: Receiver) -> None:
+    s = Cadence(tmp_path, hook)
+    s.contact(1, name="Ada", email="ada@x.test", type="Lead", status="Open", do_not_call=True,
+              owner="kim")
+    s.sync()
+    hook.statuses = [503, 500]
+    s.contact(1, status="Closed")
+    fast = RetryPolicy(initial=0.0, jitter=False)
+    counts = s.sync(fast)
+    assert counts["rule:exit_cadence"]["failed"] == 1  # 503: retried later, not in this run
+    # The actions before the webhook are done and never repeated.
+    assert len(s.activities()) == 1
+    s.sync(fast)  # 500 again
+    s.sync(fast)  # 204
+    events = hook.events()
+    assert len(events) == 3 and len({e["id"] for e in events}) == 1
+    assert len(s.activities()) == 1
+    assert s.prospects()["ada@x.test"][2] == "exited"
+    with s.state().connect() as c:
+        left = c.exec_driver_sql(
+            "SELECT count(*) FROM crmsync_messages WHERE link LIKE 'rule:%'").scalar()
+    assert left == 0
+    # the failed tries are in the log with their reason
+    with s.state().connect() as c:
+        msgs = [r[0] for r in c.exec_driver_sql(
+            "SELECT message FROM crmsync_outcomes WHERE link = 'rule:exit_cadence'"
+            " AND status = 'failed'")]
+    assert len(msgs) == 2 and "503" in msgs[0] and "500" in msgs[1]
+    json.dumps(msgs)
