@@ -34,7 +34,8 @@ systems:
   crm:
     connector: sql
     url: sqlite:///{d}/crm.db
-    activities: {{table: activity, record: contact_id, subject: subject, body: body, at: created_at}}
+    activities:
+      {{table: activity, record: contact_id, subject: subject, body: body, at: created_at}}
     objects:
       contact: {{table: contact, key: id, updated_at: updated_at, lookback: 0}}
   cadence:
@@ -83,7 +84,7 @@ class Receiver:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - the http.server name
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["content-length"]))
                 outer.got.append(({k.lower(): v for k, v in self.headers.items()}, body))
                 code = outer.statuses.pop(0) if outer.statuses else 204
