@@ -281,3 +281,62 @@ def test_failed_webhook_is_retried_with_the_same_id(tmp_path: Path, hook: Receiv
             " AND status = 'failed'")]
     assert len(msgs) == 2 and "503" in msgs[0] and "500" in msgs[1]
     json.dumps(msgs)
+
+
+def _cli(d: Path, *args: str) -> Any:
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "crmsync", *args, "-c", str(d / "crmsync.yaml")],
+                          capture_output=True, text=True, cwd=d, timeout=120,
+                          env={**os.environ, "COLUMNS": "250"})
+
+
+def test_check_names_every_mistake_in_rules(tmp_path: Path, hook: Receiver) -> None:
+    from configrun import check_text
+
+    s = Cadence(tmp_path, hook)
+    text = (tmp_path / "crmsync.yaml").read_text()
+    text = text.replace("{field: do_not_call, op: is_true}", "{field: do_not_cal, op: is_true}")
+    text = text.replace("{field: type, op: in, value: [Lead, Contact]}",
+                        "{field: type, op: is_true}")
+    text = text.replace('"{status} by {owner}"', '"{status} by {ownr}"')
+    text = text.replace("values: {cadence: null, state: exited}",
+                        "values: {cadense: null, state: exited}")
+    text = text.replace(f'secret: "{SECRET}"', 'secret: "not-a-secret"')
+    got = check_text(text)
+    msgs = "\n".join(f"{loc}: {m}" for loc, m in got)
+    assert "rules.exit_cadence.when.all[2].any[0].field" in msgs and "do_not_cal" in msgs
+    assert "rules.exit_cadence.when.all[0]" in msgs and "is_true" in msgs
+    assert "rules.exit_cadence.then[1].activity.body" in msgs and "'ownr'" in msgs
+    assert "rules.exit_cadence.then[0].set.values.cadense" in msgs
+    assert "rules.exit_cadence.then[3].webhook.secret" in msgs
+    assert len(got) == 5, msgs
+    # Unknown links and objects are refused when the file is read.
+    bad = text.replace("via: prospects, values", "via: prospect, values")
+    bad = bad.replace("on: cadence.prospect", "on: cadence.prospects")
+    (tmp_path / "crmsync.yaml").write_text(bad)
+    r = _cli(tmp_path, "check")
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "rules.exit_cadence.then[0].set.via" in r.stderr and "'prospect'" in r.stderr
+    assert "rules.call_outcome.on" in r.stderr and "'prospects'" in r.stderr
+    assert "Traceback" not in r.stderr
+    del s
+
+
+def test_sync_command_reports_and_logs_rules(tmp_path: Path, hook: Receiver) -> None:
+    s = Cadence(tmp_path, hook)
+    s.contact(1, name="Ada", email="ada@x.test", type="Lead", status="Open", do_not_call=True,
+              owner="kim")
+    r = _cli(tmp_path, "sync")
+    assert r.returncode == 0, r.stdout + r.stderr
+    s.contact(1, status="Closed")
+    r = _cli(tmp_path, "sync")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "exit_cadence" in r.stdout and "fired" in r.stdout
+    r = _cli(tmp_path, "log", "--record", "crm.contact:1")
+    assert r.returncode == 0, r.stdout + r.stderr
+    for text in ("Rule exit_cadence", "fired", "set on cadence.prospect:1", "activity on",
+                 "queued through link prospects", "webhook 127.0.0.1 answered 204"):
+        assert text in r.stdout, (text, r.stdout)

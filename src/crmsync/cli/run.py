@@ -77,9 +77,33 @@ def _summary_table(title: str, reports: list[Any]) -> Table:
         t.add_column(k, justify="right")
     t.add_column("status")
     for r in reports:
+        if r.kind == "rule":
+            continue
         s = r.summary()
         status = r.status if not r.error else f"{r.status}: {redact(r.error)}"
         t.add_row(r.link, r.kind, *(str(s.get(k, 0)) for k in keys), status)
+    return t
+
+
+# What a rule's pass counts, in the order the rules table shows them.
+RULE_KEYS = ("baseline", "captured", "evaluated", "fired", "actions", "failed")
+
+
+def _rules_table(reports: list[Any]) -> Table | None:
+    """One row per rule that ran (``log --link rule:NAME`` shows what each did)."""
+    rules = [r for r in reports if r.kind == "rule"]
+    if not rules:
+        return None
+    t = Table(title="rules", pad_edge=False)
+    t.add_column("rule")
+    for k in RULE_KEYS:
+        t.add_column(k, justify="right")
+    t.add_column("status")
+    for r in rules:
+        s = r.summary()
+        s["actions"] = sum(v for k, v in s.items() if k.startswith("action_"))
+        status = r.status if not r.error else f"{r.status}: {redact(r.error)}"
+        t.add_row(r.link.removeprefix("rule:"), *(str(s.get(k, 0)) for k in RULE_KEYS), status)
     return t
 
 
@@ -169,6 +193,8 @@ def sync(
         with progress:
             reports = engine.sync(link, full=full)
     out.print(_summary_table("sync", reports))
+    if (rt := _rules_table(reports)) is not None:
+        out.print(rt)
     if code := exit_code(reports):
         raise typer.Exit(code)
     if missing:

@@ -77,6 +77,13 @@ class _Checker:
             if {link.source_system, link.target_system} & self.unreachable:
                 continue
             self.check_link(join_path("links", name), link)
+        if self.config.rules:
+            from crmsync.rules.check import rule_problems
+
+            for path, msg in rule_problems(
+                self.config, self.connectors, self.specs, self.unreachable
+            ):
+                self.add(path, msg)
 
     # -- systems -------------------------------------------------------------
 
