@@ -77,6 +77,9 @@ def create_app(ctx: ServiceContext) -> FastAPI:
     app.state.ctx = ctx
     routers = [build_public_router(ctx), build_api_router(ctx)]
     routers.append(build_hooks_router(ctx))
+    from crmsync.api.rules import build_rules_router
+
+    routers.append(build_rules_router(ctx))
     for r in routers:
         app.include_router(r)
     add_docs(app)

@@ -124,6 +124,7 @@ class RuleRunner:
         self.lease_s = lease_s
         self.actions = Actions(config, state, connectors)
         self._compiled: dict[str, CompiledRule] = {}
+        self._baselined: set[str] = set()
         self.run_id: int | None = None
         wire(config, state)
 
@@ -178,6 +179,32 @@ class RuleRunner:
         except CrmsyncError as exc:
             report.status, report.error = "error", exc.user_message
         self.state.finish_run(run_id, report.status, report.summary(), report.error)
+        return report
+
+    # -- service entry points ----------------------------------------------
+    def service_batch(self, name: str) -> int:
+        """One worker step of a rule: its baseline first (once), then one batch."""
+        rule = self.compiled(name)
+        report = RuleReport(rule.queue)
+        if name not in self._baselined:
+            self.baseline(rule, report)
+            self._baselined.add(name)
+        return self.batch(rule, report)
+
+    def scheduled_capture(self, name: str) -> RuleReport:
+        """The scheduler's pass of a rule with a schedule: baseline (once), then poll."""
+        from crmsync.engine.quota import QuotaWait
+
+        report = RuleReport(rule_queue(name), kind="capture")
+        try:
+            rule = self.compiled(name)
+            self.gate(rule.systems)
+            self.baseline(rule, report)
+            self.capture(rule, report)
+        except QuotaWait as exc:
+            report.status, report.error = "waiting", exc.user_message
+        except SystemUnavailable as exc:
+            report.status, report.error = "paused", exc.user_message
         return report
 
     def baseline(self, rule: CompiledRule, report: RuleReport) -> None:

@@ -98,6 +98,35 @@ class Scheduler:
                 extra={"action": "capture", "link": name, "status": report.status,
                        "captured": report.counts.get("captured", 0), "next_run_at": str(next_at)},
             )
+        if self.ctx.config.rules:
+            ran += self._rules(now)
+        return ran
+
+    def _rules(self, now: datetime) -> list[str]:
+        """Rules with a schedule poll their object when it says (kept like a link's)."""
+        runner = self.ctx.engine.rules
+        with self.ctx.state.connect() as c:
+            states = self.ctx.state.link_schedules(c)
+        ran = []
+        for name in runner.enabled():
+            sched_text = self.ctx.config.rules[name].schedule
+            if not sched_text:
+                continue
+            key = f"rule:{name}"
+            st = states.get(key)
+            next_at = st.next_run_at if st is not None else None
+            if next_at is not None and next_at > now:
+                continue
+            report = runner.scheduled_capture(name)
+            if report.status == "waiting":
+                continue
+            with self.ctx.state.begin() as c:
+                self.ctx.state.save_scheduled_run(
+                    c, key, now, parse_schedule(sched_text).next_after(now)
+                )
+            ran.append(key)
+            if report.counts.get("captured"):
+                self.ctx.wake.set()
         return ran
 
     def run(self, stop: threading.Event) -> None:

@@ -118,7 +118,39 @@ class Worker:
                 del self.paused[name]
                 log.info("system answers again", extra={"action": "resume", "link": name})
             total += n
+        if self.ctx.config.rules:
+            total += self._rules(now)
         self.processed += total
+        return total
+
+    def _rules(self, now: float) -> int:
+        """One batch of each enabled rule (evaluations and due actions)."""
+        engine = self.ctx.engine
+        runner = engine.rules
+        total = 0
+        for name in runner.enabled():
+            key = f"rule:{name}"
+            pause = self.paused.get(key)
+            if pause is not None and now < pause.until:
+                continue
+            if engine.meter.blocked({self.ctx.config.rules[name].system}) is not None:
+                continue  # the budget is spent: the rule's messages wait
+            try:
+                n = runner.service_batch(name)
+            except SystemUnavailable as exc:
+                delay = min(self.probe_cap_s, pause.delay * 2 if pause else self.probe_initial_s)
+                self.paused[key] = Pause(now + delay, delay)
+                log.warning("system unreachable: rule paused",
+                            extra={"action": "pause", "rule": name, "retry_in_s": delay,
+                                   "error": exc.user_message})
+                continue
+            except Exception:
+                log.exception("rule batch failed", extra={"action": "batch_failed", "rule": name})
+                continue
+            finally:
+                engine.settle_quota()
+            self.paused.pop(key, None)
+            total += n
         return total
 
     def run(self, stop: threading.Event) -> None:
