@@ -369,7 +369,7 @@ class RuleRunner:
             except Exception as exc:  # a bug in one action must not stop the others
                 self._failed(rule, f, m, f"{type(exc).__name__}: {exc}", report)
                 continue
-            with self.state.begin() as c:
+            with self.state.begin(durable=False) as c:
                 self.state.finish_messages(c, [m.id], self.worker)
 
     def _steps(self, rule: CompiledRule, f: Firing, report: RuleReport) -> None:
@@ -380,11 +380,13 @@ class RuleRunner:
             if kind == "activity" and f.tried_step != f.step:
                 # Its effect cannot be undone or detected for sure: note the attempt,
                 # so a retry after a crash looks for it before writing again.
-                with self.state.begin() as c:
+                with self.state.begin(durable=False) as c:
                     self.state.firing_step(c, f.id, step=f.step, tried=f.step)
             done = self.actions.run(step, f)
             at = utcnow()
-            with self.state.begin() as c:
+            # Not flushed: a power cut may repeat this action once (a set writes the
+            # same values, an activity is found again, a webhook keeps its id).
+            with self.state.begin(durable=False) as c:
                 if done.wrote and done.target is not None:
                     note_written(self.state, c, done.target.system, done.target.object,
                                  {done.target.id: done.wrote})
