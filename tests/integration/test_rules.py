@@ -158,6 +158,15 @@ def test_sync_command_reports_and_logs_rules(tmp_path: Path, hook: Receiver) -> 
     r = _cli(tmp_path, "sync")
     assert r.returncode == 0, r.stdout + r.stderr
     s.contact(1, status="Closed")
+    # plan: which rules would fire for the pending changes and what they would do
+    r = _cli(tmp_path, "plan")
+    assert r.returncode == 0, r.stdout + r.stderr
+    for text in ("rule:exit_cadence: would fire", "crm.contact:1 (changed: status)",
+                 "set cadence = None, state = 'exited' via prospects",
+                 "activity 'Removed from cadence'", "sync through prospects",
+                 "webhook to 127.0.0.1"):
+        assert text in r.stdout, (text, r.stdout)
+    assert hook.got == [] and s.activities() == []  # nothing written
     r = _cli(tmp_path, "sync")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "exit_cadence" in r.stdout and "fired" in r.stdout

@@ -118,8 +118,18 @@ def plan(
     with open_engine(config, readonly=True) as engine:
         reports = engine.sync(link, dry_run=True, max_samples=samples)
     out.print(_summary_table("plan (dry run: nothing was written)", reports))
+    if (rt := _rules_table(reports)) is not None:
+        out.print(rt)
     for r in reports:
         if not r.samples:
+            continue
+        if r.kind == "rule":
+            out.print(f"[bold]{r.link}[/bold]: would fire", markup=True)
+            for ref, changed, actions in r.samples:
+                out.print(f"  {ref} (changed: {', '.join(changed)})", markup=False,
+                          soft_wrap=True)
+                for a in actions:
+                    out.print(f"      {redact(a)}", markup=False, soft_wrap=True)
             continue
         out.print(f"[bold]{r.link}[/bold]: sample changes", markup=True)
         for o in r.samples:

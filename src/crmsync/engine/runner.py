@@ -233,8 +233,13 @@ class Engine:
             reports.append(
                 self.sync_link(name, full=full, dry_run=dry_run, max_samples=max_samples)
             )
-        if self.config.rules and not dry_run:
-            reports += self.run_rules(names if only is not None else None)
+        if self.config.rules:
+            if dry_run:
+                runner = self.rules
+                wanted = runner.for_links(names) if only is not None else None
+                reports += [runner.plan(n, max_samples) for n in runner.enabled(wanted)]
+            else:
+                reports += self.run_rules(names if only is not None else None)
         return reports
 
     def run_rules(self, links: list[str] | None = None) -> list[Any]:

@@ -181,6 +181,53 @@ class RuleRunner:
         self.state.finish_run(run_id, report.status, report.summary(), report.error)
         return report
 
+    # -- dry run ----------------------------------------------------------------
+    def plan(self, name: str, max_samples: int = 5) -> RuleReport:
+        """What the rule would do now, writing nothing: the changes waiting for it and
+        those its feeds (links, its own poll) would capture, evaluated against what it
+        saw last. ``samples`` holds ``(record, changed, [action, ...])``."""
+        report = RuleReport(rule_queue(name))
+        try:
+            rule = self.compiled(name)
+            rc = rule.config
+            conn = self.connectors[rc.system]
+            with self.state.connect() as c:
+                base = self.state.get_cursor(c, rule.queue, "source", "baseline")
+                ids = dict.fromkeys(self.state.pending_ids(c, rule.queue, "source"))
+                cursors = {(lname, side): self.state.get_cursor(c, lname, side, "incremental")
+                           for (lname, side), qs in self.state.rule_feeds.items()
+                           if rule.queue in qs}
+                if rc.schedule:
+                    cursors[(rule.queue, "source")] = self.state.get_cursor(
+                        c, rule.queue, "source", "incremental")
+            if not (base and base.get("done")):
+                report.counts["baseline"] = conn.count(rc.object) or 0
+                return report  # the first run only remembers what exists
+            for saved in cursors.values():
+                cursor = saved.get("cursor") if saved else None
+                if cursor is None:
+                    continue  # a link's first run migrates: its records are no change
+                while True:
+                    page = conn.read_changes(rc.object, cursor, 500, 0.0)
+                    ids.update(dict.fromkeys(r.id for r in page.records))
+                    cursor = page.cursor if page.cursor is not None else cursor
+                    if not page.more:
+                        break
+            records = conn.read(rc.object, list(ids)) if ids else {}
+            with self.state.connect() as c:
+                mem = self.state.trigger_seen(c, rule.queue, list(records))
+            for rid, rec in records.items():
+                seen = evaluate(rule, rec, mem.get(rid))
+                report.counts["evaluated"] += 1
+                if seen.fires:
+                    report.counts["fired"] += 1
+                    if len(report.samples) < max_samples:
+                        ref = RecordRef(rc.system, rc.object, rid)
+                        report.samples.append((ref, seen.changed, [describe(a) for a in rc.then]))
+        except SystemUnavailable as exc:
+            report.status, report.error = "paused", exc.user_message
+        return report
+
     # -- service entry points ----------------------------------------------
     def service_batch(self, name: str) -> int:
         """One worker step of a rule: its baseline first (once), then one batch."""
@@ -449,6 +496,22 @@ class RuleRunner:
             "mentions": mentions,
             "outcome_id": None,
         }])
+
+
+def describe(step: Any) -> str:
+    """One action in words, for ``plan``."""
+    kind = type(step).__name__.removesuffix("Step").lower()
+    spec = getattr(step, kind)
+    if kind == "set":
+        vals = ", ".join(f"{k} = {v!r}" for k, v in spec.values.items())
+        return f"set {vals}" + (f" via {spec.via}" if spec.via else "")
+    if kind == "activity":
+        return f"activity {spec.subject!r}" + (f" via {spec.via}" if spec.via else "")
+    if kind == "sync":
+        return f"sync through {spec}"
+    from crmsync.rules.actions import _host
+
+    return f"webhook to {_host(spec.url)}"
 
 
 def _owner_gone(owner: str | None) -> bool:
