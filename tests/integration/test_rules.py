@@ -175,3 +175,31 @@ def test_sync_command_reports_and_logs_rules(tmp_path: Path, hook: Receiver) -> 
     for text in ("Rule exit_cadence", "fired", "set on cadence.prospect:1", "activity on",
                  "queued through link prospects", "webhook 127.0.0.1 answered 204"):
         assert text in r.stdout, (text, r.stdout)
+
+
+def test_an_action_out_of_attempts_is_listed_failed_and_retried(
+    tmp_path: Path, hook: Receiver
+) -> None:
+    s = Cadence(tmp_path, hook)
+    s.contact(1, name="Ada", email="ada@x.test", type="Lead", status="Open", do_not_call=True,
+              owner="kim")
+    s.sync()
+    hook.statuses = [500, 500]
+    s.contact(1, status="Closed")
+    two = RetryPolicy(initial=0.0, jitter=False, max_attempts=2)
+    s.sync(two)
+    s.sync(two)  # second attempt: out of attempts
+    r = _cli(tmp_path, "status")
+    assert r.returncode == 0, r.stderr
+    row = next(line for line in r.stdout.splitlines() if "exit_cadence" in line)
+    # pending, running, failed, fired
+    assert [c.strip() for c in row.split("│")[5:9]] == ["0", "0", "1", "1"], row
+    r = _cli(tmp_path, "log", "--link", "rule:exit_cadence", "--status", "failed")
+    assert r.returncode == 0 and "answered 500" in r.stdout, r.stdout + r.stderr
+    assert _cli(tmp_path, "retry", "--link", "rule:nosuch").returncode == 2
+    r = _cli(tmp_path, "retry", "--link", "rule:exit_cadence")
+    assert r.returncode == 0 and "1 failed message(s) back" in r.stdout, r.stdout + r.stderr
+    s.sync(two)
+    events = hook.events()
+    assert len(events) == 3 and len({e["id"] for e in events}) == 1
+    assert len(s.activities()) == 1  # the actions before it are not repeated

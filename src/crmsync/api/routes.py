@@ -51,7 +51,12 @@ from crmsync.service.context import ServiceContext
 log = logging.getLogger("crmsync.api")
 
 Name = Annotated[str, Path(pattern=NAME_RE, max_length=128, description="a link name")]
-LinkQ = Annotated[str | None, Query(pattern=NAME_RE, max_length=128, description="only this link")]
+# A link, or a rule's queue (``rule:NAME``): its messages, runs and log.
+LinkQ = Annotated[
+    str | None,
+    Query(pattern=r"^(rule:)?" + NAME_RE[1:], max_length=128,
+          description="only this link (or rule, as rule:NAME)"),
+]
 Limit = Annotated[int, Query(ge=1, le=1000)]
 SystemName = Annotated[str, Path(pattern=NAME_RE, max_length=128, description="a system name")]
 ObjectName = Annotated[str, Path(pattern=NAME_RE, max_length=128, description="an object name")]
@@ -72,9 +77,9 @@ def _opt(text: str | None) -> str | None:
     return redact(text) if text else text
 
 
-def _known_link(ctx: ServiceContext, name: str | None) -> None:
+def _known_link(ctx: ServiceContext, name: str | None, *, rules: bool = False) -> None:
     try:
-        require_link(ctx.config, name)
+        require_link(ctx.config, name, rules=rules)
     except UnknownLink as exc:
         detail = f"no link named {exc.name!r}"
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=detail) from None
@@ -283,7 +288,7 @@ def build_api_router(ctx: ServiceContext) -> APIRouter:
     )
     def retry_all(who: Admin, link: LinkQ = None) -> RetryOut:
         """Every failed message (of one link, with `link`) back to pending, attempts reset."""
-        _known_link(ctx, link)
+        _known_link(ctx, link, rules=True)
         now = ctx.clock()
         with ctx.state.begin() as c:
             n = ctx.state.retry_failed_messages(c, link=link, now=now)

@@ -26,7 +26,7 @@ CLI_ACTOR = "cli"
 
 @contextmanager
 def _state(
-    path: Path, *, link: str | None = None, readonly: bool = False
+    path: Path, *, link: str | None = None, readonly: bool = False, rules: bool = False
 ) -> Iterator[tuple[Config, StateStore]]:
     """The config and its state database. An unknown ``link`` is refused first (exit 2),
     so a mistyped command never creates a state file; ``readonly`` creates none at all."""
@@ -34,7 +34,7 @@ def _state(
 
     config = load(path)  # a broken file: its problems, exit 2
     try:
-        require_link(config, link)
+        require_link(config, link, rules=rules)
     except UnknownLink as exc:
         raise _fail(exc.user_message, 2) from None
     from crmsync.state.store import StateStore
@@ -115,9 +115,10 @@ def retry(
     link: Annotated[str | None, typer.Option("--link", help="only this link")] = None,
     message_id: Annotated[int | None, typer.Option("--id", help="only this message")] = None,
 ) -> None:
-    """Put failed messages back in the queue with their attempts reset."""
+    """Put failed messages back in the queue with their attempts reset (a rule's: --link
+    rule:NAME)."""
     from crmsync.state.store import utcnow
-    with _state(config, link=link) as (_, state):
+    with _state(config, link=link, rules=True) as (_, state):
         now = utcnow()
         with state.begin() as c:
             if message_id is not None:
@@ -199,6 +200,8 @@ def status(
             _age(st.oldest_waiting_at, now),
         )
     out.print(t)
+    if cfg.rules:
+        out.print(_rules_status(cfg, config))
     for st in sorted(links, key=lambda st: st.name):
         if st.paused:
             n, why = st.paused
@@ -229,6 +232,34 @@ def status(
                 q.resets_at.strftime("%Y-%m-%d %H:%M"),
             )
     out.print(s)
+
+
+def _rules_status(cfg: Config, path: Path) -> Table:
+    """Each rule: its switch, schedule, queue (evaluations and firings) and firings."""
+    with _state(path, readonly=True) as (_, state):
+        switches = state.link_states()
+        with state.connect() as c:
+            counts = state.queue_counts_by_link(c)
+            fired = state.firing_counts(c)
+    t = Table(title="rules")
+    t.add_column("rule", no_wrap=True)
+    t.add_column("on")
+    t.add_column("enabled")
+    t.add_column("schedule")
+    for col in ("pending", "running", "failed", "fired"):
+        t.add_column(col, justify="right")
+    for name, rc in cfg.rules.items():
+        q = f"rule:{name}"
+        on = switches.get(q, {}).get("enabled")
+        enabled = rc.enabled if on is None else bool(on)
+        queue = counts.get(q, {})
+        t.add_row(
+            name, rc.on, ("yes" if enabled else "no") + (" (switched)" if on is not None else ""),
+            rc.schedule or "with its links",
+            *(str(queue.get(k, 0)) for k in ("pending", "running", "failed")),
+            str(fired.get(name, 0)),
+        )
+    return t
 
 
 # -- erase ------------------------------------------------------------------------

@@ -180,12 +180,12 @@ def exit_code(reports: list[Any]) -> int:
     return 0
 
 
-def refuse_unknown_link(cfg: Config, link: str | None) -> None:
+def refuse_unknown_link(cfg: Config, link: str | None, *, rules: bool = False) -> None:
     """``--link`` names a link of the config, or exit 2 listing them."""
     from crmsync.engine.status import require_link
 
     try:
-        require_link(cfg, link)
+        require_link(cfg, link, rules=rules)
     except UnknownLink as exc:
         raise fail(f"--link: {exc.user_message}", EXIT_CONFIG) from None
 

@@ -53,7 +53,7 @@ def log(
     from crmsync.state.store import StateStore
 
     cfg = load(config)
-    refuse_unknown_link(cfg, link)
+    refuse_unknown_link(cfg, link, rules=True)
     if status is not None and status not in LOG_STATUSES:
         raise fail(
             f"--status: unknown value {status!r} (expected one of: {', '.join(LOG_STATUSES)})",

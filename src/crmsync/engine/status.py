@@ -23,10 +23,15 @@ from crmsync.errors import UnknownLink
 from crmsync.state.store import StateStore
 
 
-def require_link(config: Config, name: str | None) -> None:
-    """Refuse a link name the config does not have (None: every link)."""
-    if name is not None and name not in config.links:
-        raise UnknownLink(name, list(config.links))
+def require_link(config: Config, name: str | None, *, rules: bool = False) -> None:
+    """Refuse a link name the config does not have (None: every link); with ``rules``,
+    a rule's queue ``rule:NAME`` too (its messages, runs and log)."""
+    if name is None or name in config.links:
+        return
+    if rules and name.startswith("rule:") and name[5:] in config.rules:
+        return
+    known = list(config.links) + ([f"rule:{r}" for r in config.rules] if rules else [])
+    raise UnknownLink(name, known)
 
 
 def effective_enabled(lc: LinkConfig, switched: bool | None) -> bool:
