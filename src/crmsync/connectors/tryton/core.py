@@ -14,6 +14,7 @@ from crmsync.connectors.base import Connector
 from crmsync.connectors.tryton.rpc import TrytonError, TrytonRPC
 from crmsync.connectors.tryton.types import (
     ADDRESS_FIELDS,
+    CATEGORY,
     CONTACT_TYPES,
     SKIP,
     TYPES,
@@ -151,6 +152,9 @@ class TrytonCore(Connector):
             if ftype is not FieldType.LIST:
                 own.append(fname)
         if o.is_party:
+            # The kind of party (Lead, Contact, ...): its categories' names but the one
+            # that defines the object, so rules can ask `category in [Lead, Contact]`.
+            fields[CATEGORY] = FieldSpec(CATEGORY, FieldType.STRING, read_only=True)
             for f in CONTACT_TYPES:
                 fields[f] = FieldSpec(f, FieldType.STRING)
             for f in ADDRESS_FIELDS:

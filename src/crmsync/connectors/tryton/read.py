@@ -15,6 +15,7 @@ from crmsync.connectors.tryton.core import TrytonCore
 from crmsync.connectors.tryton.types import (
     ADDRESS,
     ADDRESS_FIELDS,
+    CATEGORY,
     CONTACT,
     CONTACT_TYPES,
     TrytonObject,
@@ -63,7 +64,7 @@ class TrytonRead(TrytonCore):
     def _read_fields(self, o: TrytonObject) -> list[str]:
         out = list(o.own)
         if o.is_party:
-            out.append("addresses")
+            out += ["addresses", "categories.name"]
         for rc in o.refs.values():
             if self._relation(o, rc) == CONTACT:
                 out.append(f"{rc.field}.party")
@@ -117,6 +118,9 @@ class TrytonRead(TrytonCore):
                 a = addr.get(r["addresses"][0]) if r.get("addresses") else None
                 for f in ADDRESS_FIELDS:
                     values[f] = a.get(f) if a else None
+                kinds = [str(c.get("name")) for c in r.get("categories.") or ()
+                         if c.get("name") != o.category]
+                values[CATEGORY] = ", ".join(sorted(kinds)) or None
             rid = int(r["id"])
             for ref in o.refs:
                 values[ref] = ref_ids[ref].get(rid)

@@ -15,6 +15,8 @@ ADDRESS = "party.address"
 CONTACT = "party.contact_mechanism"
 DEAL_STATES = ["opportunity", "converted", "won", "lost", "cancelled"]
 CONTACT_TYPES = ("email", "phone", "mobile", "fax", "website")
+# A party's kind: the names of its categories but the object's own (read only).
+CATEGORY = "category"
 ADDRESS_FIELDS = ("street", "postal_code", "city")
 
 TYPES: dict[str, FieldType] = {
