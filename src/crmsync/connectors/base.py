@@ -173,7 +173,7 @@ class Connector(ABC):
         """Log an event (a rule's ``activity``) on record ``rid``; its id, if any.
 
         With ``probe``, an earlier attempt may have written it: return that one."""
-        raise SchemaError(f"system {self.name!r} cannot hold activities")
+        raise SchemaError("", f"system {self.name!r} cannot hold activities")
 
     def remove_activities(self, ids: Sequence[str]) -> None:
         """Delete timeline entries made by ``add_activities`` (GDPR erasure)."""

@@ -92,6 +92,10 @@ def _rule(
                     out.append((vpath, f"field {fname!r} not found on {'.'.join(where)} "
                                 f"(fields: {', '.join(tspec.fields) or 'none'})"))
                     continue
+                if fs.read_only:
+                    out.append((vpath, f"{fname} is filled by {where[0]} itself: it cannot "
+                                "be set"))
+                    continue
                 try:
                     converter(None, fs)(value)
                 except ConversionError as exc:

@@ -22,6 +22,7 @@ class SqlActivity(SqlCore):
         cfg = self._activities
         if cfg is None:
             raise SchemaError(
+                "activities",
                 f"system {self.name!r} has no `activities:` table: set "
                 f"systems.{self.name}.activities {{table, record, subject, body, at}}"
             )
@@ -30,6 +31,7 @@ class SqlActivity(SqlCore):
                 insp = sa.inspect(self._engine)
                 if not insp.has_table(cfg.table, schema=cfg.schema_name):
                     raise SchemaError(
+                        "activities",
                         f"system {self.name!r}: activity table {cfg.table!r} not found"
                     )
                 t = sa.Table(cfg.table, sa.MetaData(), autoload_with=self._engine,
@@ -38,6 +40,7 @@ class SqlActivity(SqlCore):
             missing = [c for c in cols if c is not None and c not in t.c]
             if missing:
                 raise SchemaError(
+                    "activities",
                     f"system {self.name!r}: activity table {cfg.table!r} has no column "
                     + ", ".join(map(repr, missing)) + f" (columns: {', '.join(t.c.keys())})"
                 )
