@@ -82,6 +82,10 @@ def _rule(
             where = other(step.set.via)
             if where is None or where[0] in skip:
                 continue
+            if config.systems[where[0]].connector == "webhook":
+                out.append((f"{spath}.set", f"system {where[0]} is push-only: crmsync cannot "
+                            "write to it"))
+                continue
             tspec = specs.get(where)
             if tspec is None:
                 continue
