@@ -15,9 +15,9 @@ from pydantic import TypeAdapter
 
 from crmsync.config.models import Criteria, RuleConfig
 from crmsync.convert import to_json
+from crmsync.engine.rules.criteria import when_problems
+from crmsync.engine.rules.engine import compile_rule, evaluate
 from crmsync.model import FieldSpec, FieldType, ObjectSpec, Record
-from crmsync.rules.criteria import when_problems
-from crmsync.rules.engine import compile_rule, evaluate
 
 SPEC = ObjectSpec(
     "contact",

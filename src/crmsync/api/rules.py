@@ -12,7 +12,7 @@ from crmsync.api.auth import Admin, Viewer
 from crmsync.api.models import QueueCounts, RunOut, UtcDatetime
 from crmsync.api.routes import ADMIN, AUTH, NOT_FOUND, _run, reject_unknown_query
 from crmsync.config.models import NAME_RE
-from crmsync.rules.memory import rule_queue
+from crmsync.engine.rules.memory import rule_queue
 from crmsync.service.context import ServiceContext
 
 log = logging.getLogger("crmsync.api")

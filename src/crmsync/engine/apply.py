@@ -43,10 +43,10 @@ from crmsync.engine.decide import (
 from crmsync.engine.link import CompiledLink
 from crmsync.engine.merge import UNCONVERTED, convert_column, create_columns
 from crmsync.engine.retry import RetryPolicy
+from crmsync.engine.rules.memory import note_written
 from crmsync.engine.tally import BatchResult, RunTally, WorkItem, outcome_status
 from crmsync.engine.trigger import seen_values
 from crmsync.model import Action, Outcome, Record, RecordRef, Side
-from crmsync.rules.memory import note_written
 from crmsync.state.log import CREATED_FROM_PAIR
 from crmsync.state.store import Identity, StateStore, dumps, utcnow
 from crmsync.state.timeline import HEADLINES, activity_text

@@ -78,7 +78,7 @@ class _Checker:
                 continue
             self.check_link(join_path("links", name), link)
         if self.config.rules:
-            from crmsync.rules.check import rule_problems
+            from crmsync.engine.rules.check import rule_problems
 
             for path, msg in rule_problems(
                 self.config, self.connectors, self.specs, self.unreachable

@@ -139,15 +139,15 @@ class Engine:
         self.use_quota(quota or QuotaGuard(config, state, utcnow))
         self._rules: Any = None
         if config.rules:
-            from crmsync.rules.memory import wire
+            from crmsync.engine.rules.memory import wire
 
             wire(config, state)  # captures feed the rules from the first page on
 
     @property
     def rules(self) -> Any:
-        """The rules' runner (``crmsync.rules.engine.RuleRunner``), made when first used."""
+        """The rules' runner (``crmsync.engine.rules.engine.RuleRunner``), made when first used."""
         if self._rules is None:
-            from crmsync.rules.engine import RuleRunner
+            from crmsync.engine.rules.engine import RuleRunner
 
             self._rules = RuleRunner(
                 self.config, self.state, self.connectors, retry=self.retry,

@@ -60,6 +60,25 @@ def utcnow() -> datetime:
 _TS = "%Y-%m-%d %H:%M:%S.%f"
 
 
+def _has_schema(path: Path) -> bool:
+    """The SQLite file exists and holds crmsync's schema (read only, nothing created)."""
+    if not path.exists():
+        return False
+    import sqlite3
+
+    try:
+        con = sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True, timeout=30)
+        try:
+            found = con.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'crmsync_meta'"
+            ).fetchone()
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return True  # let the real open report what is wrong with it
+    return found is not None
+
+
 def chunks(seq: Sequence[Any], n: int) -> Iterator[Sequence[Any]]:
     """``seq`` in slices of ``n``: long ``IN`` lists stay within driver limits."""
     for i in range(0, len(seq), n):
@@ -99,9 +118,10 @@ class Database:
                         f"state database: the folder {str(folder)!r} does not exist "
                         "(crmsync creates the file, not its folder)",
                     )
-            if readonly and (not db or db == ":memory:" or not Path(db).exists()):
-                # A dry run against a state that does not exist yet: an empty
-                # private state, so nothing is created on disk.
+            if readonly and (not db or db == ":memory:" or not _has_schema(Path(db))):
+                # A dry run against a state that does not exist yet (or that another
+                # process is creating right now: its schema commits as a whole): an
+                # empty private state, so nothing is created on disk.
                 eng = sa.create_engine("sqlite://", hide_parameters=True)
                 self._install_pragmas(eng, wal=False)
                 with eng.begin() as c:

@@ -16,9 +16,9 @@ from crmsync.config.models import (
 )
 from crmsync.connectors.base import Connector
 from crmsync.convert import ConversionError, converter
+from crmsync.engine.rules.actions import template_fields
+from crmsync.engine.rules.criteria import when_problems
 from crmsync.model import ObjectSpec
-from crmsync.rules.actions import template_fields
-from crmsync.rules.criteria import when_problems
 
 Problem = tuple[str, str]
 

@@ -21,11 +21,11 @@ from crmsync.config.models import Config, RuleConfig
 from crmsync.connectors.base import Connector
 from crmsync.convert import to_json
 from crmsync.engine.retry import RetryPolicy
+from crmsync.engine.rules.actions import ActionFailed, Actions, Firing
+from crmsync.engine.rules.criteria import When, compile_when, criteria_fields, decoder
+from crmsync.engine.rules.memory import RULE_PREFIX, note_written, rule_queue, wire
 from crmsync.errors import CrmsyncError, SystemUnavailable
 from crmsync.model import ObjectSpec, Record, RecordRef
-from crmsync.rules.actions import ActionFailed, Actions, Firing
-from crmsync.rules.criteria import When, compile_when, criteria_fields, decoder
-from crmsync.rules.memory import RULE_PREFIX, note_written, rule_queue, wire
 from crmsync.state.store import UNREACHABLE, Message, StateStore, dumps, utcnow
 
 __all__ = ["RULE_PREFIX", "CompiledRule", "RuleRunner", "rule_queue"]
@@ -509,7 +509,7 @@ def describe(step: Any) -> str:
         return f"activity {spec.subject!r}" + (f" via {spec.via}" if spec.via else "")
     if kind == "sync":
         return f"sync through {spec}"
-    from crmsync.rules.actions import _host
+    from crmsync.engine.rules.actions import _host
 
     return f"webhook to {_host(spec.url)}"
 
