@@ -32,6 +32,7 @@ from crmsync.cli.common import (
     open_engine,
     out,
     print_problems,
+    print_warnings,
     redact,
     refuse_if_invalid,
     refuse_unknown_link,
@@ -45,7 +46,11 @@ def check(config: ConfigOpt = Path("crmsync.yaml")) -> None:
     from crmsync.engine.check import UNREACHABLE
 
     cfg, smap = load_with_lines(config)
-    problems = live_problems(cfg, config, smap)
+    warnings: list[tuple[str, str]] = []
+    problems = live_problems(cfg, config, smap, warnings=warnings)
+    # Warnings (values a values: map would reject) never fail the check: see
+    # engine/check.py check_coverage.
+    print_warnings(warnings)
     if problems:
         print_problems(problems, "found")
         down = all(msg.startswith(UNREACHABLE) for _, msg in problems)

@@ -149,6 +149,12 @@ class Connector(ABC):
         is assumed written then).
         """
 
+    def distinct_values(self, obj: str, field_name: str, limit: int) -> list[Any] | None:
+        """Up to ``limit`` different non-empty values ``field_name`` holds, in order
+        (``check`` compares them with a ``values:`` map); None when the system
+        cannot tell cheaply. A field with ``choices`` needs no call: those are its values."""
+        return None
+
     def related_ids(self, obj: str, rid: str) -> dict[str, tuple[str, str]]:
         """The records ``rid`` references through mapped refs: ref -> (object, id)."""
         return {}
