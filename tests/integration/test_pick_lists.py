@@ -52,6 +52,7 @@ def tables(md: sa.MetaData) -> tuple[sa.Table, sa.Table]:
         sa.Column("level", sa.String(20)),
         sa.Column("phase", sa.String(20)),
         sa.Column("grade", sa.String(5)),
+        sa.Column("score", sa.Integer),
         sa.Column("updated_at", sa.DateTime),
     )
     return lead, contact
@@ -282,6 +283,48 @@ def test_unmapped_keep_and_value_write_what_they_say_both_ways(writing: Sys) -> 
     src = s.source()
     assert src[1]["tier"] == "Other" and src[1]["rating"] == "Z"
     assert src[3]["tier"] == "Silver" and src[3]["rating"] == "B"
+
+
+def test_a_target_value_none_of_the_targets_is_rejected_on_its_way_back(
+    db_url: str, backend: str, tmp_path: Path
+) -> None:
+    s = Sys(tmp_path, db_url, backend, BOTH_WAYS)
+    try:
+        s.seed([(1, "Gold", None, None), (2, "Silver", None, None)])
+        s.sync()
+        s.edit_target(1, level="Diamond", name="Renamed")
+        r = s.sync()
+        assert r.counts["rejected"] == 1
+        assert s.source()[1]["tier"] == "Gold"  # not written back
+        (o,) = s.log(status="rejected")
+        f = _field(o, "tier")
+        assert f["status"] == "rejected" and f["side"] == "source"
+        assert f["reason"] == (
+            "value 'Diamond' is none of the targets in values: (G, S); "
+            "set unmapped: keep or {value: ...} to write it"
+        )
+    finally:
+        s.close()
+
+
+BAD_REPLACEMENT = """\
+      - {source: tier, target: score, values: {Gold: 1}, unmapped: {value: many}}
+"""
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_check_refuses_an_unmapped_value_the_target_cannot_take(
+    db_url: str, backend: str, tmp_path: Path
+) -> None:
+    s = Sys(tmp_path, db_url, backend, BAD_REPLACEMENT)
+    try:
+        problems, _ = s.check()
+    finally:
+        s.close()
+    assert problems == [(
+        f"{s.config}:20 links.leads.fields[1].unmapped.value",
+        "expected a number, got 'many' (field 'score' is integer)",
+    )]
 
 
 def _warnings_for(warnings: list[tuple[str, str]], key: str) -> list[str]:
