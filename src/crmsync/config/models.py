@@ -317,6 +317,11 @@ class Mapping(_Strict):
         description="a value with no entry in values: reject (default: the field is rejected "
         "with the reason) | keep (written as it is) | {value: X} (X is written)",
     )
+    options: OptionList | None = Field(
+        None,
+        description="keep a lookup table of the target system in step with the source "
+        "field's options (a Tryton selection, a SQL ENUM), before records are written",
+    )
 
     @field_validator("values", mode="before")
     @classmethod
@@ -345,6 +350,16 @@ def _unmapped_kind(v: Any) -> str | None:
     if isinstance(v, dict | UnmappedValue):
         return "UnmappedValue"
     return None
+
+
+class OptionList(_Strict):
+    """``options:`` of a mapping: every option of the source field (a Tryton selection,
+    a SQL ENUM) is a record of a lookup table of the target system, created when
+    missing (its label updated), never deleted: records may still use an old option."""
+
+    object: str = Field(description="object of the target system: the lookup table")
+    key: str = Field(description="its field holding the option (mapped through values:)")
+    label: str | None = Field(None, description="its field for the option's label")
 
 
 Mapping.model_rebuild()

@@ -301,6 +301,8 @@ class _Checker:
             self.check_value(f"{mpath}.default", tf, m.default, m.target)
         if sf is None or tf is None:
             return
+        if m.options is not None:
+            self.check_options(f"{mpath}.options", link, m, sf, src_name, forward)
 
         if m.values:
             for fs in (sf, tf):
@@ -347,6 +349,42 @@ class _Checker:
                     f"field {sf.name!r}: {reason}",
                 )
 
+    def check_options(
+        self, path: str, link: LinkConfig, m: Any, sf: FieldSpec, src_name: str, forward: bool
+    ) -> None:
+        """``options:``: a lookup object of the target system, fields it has and
+        takes, and a source field with an option list (engine/options.py)."""
+        opts = m.options
+        if not forward:
+            self.add(path, "options flow from the source field to the target system; "
+                     "this mapping is backward only")
+        if not sf.choices:
+            self.add(
+                path,
+                f"field {sf.name!r} of {src_name} has no option list (a Tryton selection or "
+                "a SQL ENUM); a lookup table is kept in step by a link of its own",
+            )
+        system = link.target_system
+        if opts.object not in self.config.systems[system].objects:
+            known = ", ".join(self.config.systems[system].objects)
+            self.add(
+                f"{path}.object",
+                f"{opts.object!r} is not an object of system {system!r} (objects: {known}); "
+                "configure the lookup table there",
+            )
+            return
+        spec = self.specs.get((system, opts.object))
+        if spec is None:
+            return  # not described: already reported
+        obj = f"{system}.{opts.object}"
+        for key in ("key", "label"):
+            fname = getattr(opts, key)
+            if fname is None:
+                continue
+            fs = self.field(spec, fname, obj, f"{path}.{key}")
+            if fs is not None:
+                self.check_writable(f"{path}.{key}", fs, spec, obj, "options")
+
     def check_coverage(
         self, path: str, link: LinkConfig, m: Any, obj: str, fs: FieldSpec, backward: bool
     ) -> None:
@@ -359,11 +397,16 @@ class _Checker:
         refusing every run for one odd value would stop every other record too.
         """
         system, _, oname = obj.partition(".")
+        conn = self.connectors.get(system)
         if fs.choices:
-            held: list[Any] = list(fs.choices)
+            # Read now (a Tryton deal's state: only the object's own states).
+            try:
+                opts = conn.options(oname, fs.name) if conn else None
+            except CrmsyncError:
+                opts = None
+            held: list[Any] = [k for k, _ in opts] if opts is not None else list(fs.choices)
             kind, truncated = "option", False
         else:
-            conn = self.connectors.get(system)
             try:
                 got = conn.distinct_values(oname, fs.name, _DISTINCT + 1) if conn else None
             except CrmsyncError:

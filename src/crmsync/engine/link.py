@@ -97,7 +97,7 @@ def _chain(first: Callable[[Any], Any] | None, then: Callable[[Any], Any]) -> Ca
 def _plan(m: Mapping, link: LinkConfig, src: FieldSpec, dst: FieldSpec) -> FieldPlan:
     direction = link.mapping_direction(m)
     if m.values:
-        mode, replacement = _unmapped(m)
+        mode, replacement = unmapped_mode(m)
         # The mapper fills an empty value with the default itself: a default is
         # a target value, not an unmapped source value to reject.
         fwd = _chain(
@@ -120,7 +120,7 @@ def _plan(m: Mapping, link: LinkConfig, src: FieldSpec, dst: FieldSpec) -> Field
     )
 
 
-def _unmapped(m: Mapping) -> tuple[str, Any]:
+def unmapped_mode(m: Mapping) -> tuple[str, Any]:
     """``unmapped:`` as (mode, replacement) for ``value_mapper``."""
     if isinstance(m.unmapped, UnmappedValue):
         return UNMAPPED_VALUE, m.unmapped.value

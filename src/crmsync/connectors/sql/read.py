@@ -85,6 +85,19 @@ class SqlRead(SqlCore):
         # A value the column's type cannot take stays as the database holds it.
         return raw if proc is None else [lenient(proc, v) for v in raw]
 
+    def options(self, obj: str, field_name: str) -> list[tuple[str, str]] | None:
+        o = self._obj(obj)
+        if field_name not in o.table.c or not isinstance(o.table.c[field_name].type, sa.Enum):
+            return None
+        # Reflected again, not from the cached table: ALTER TYPE ... ADD VALUE (or a
+        # MODIFY of a MariaDB ENUM) since the start shows at the next run.
+        with self._errors.guard():
+            cols = sa.inspect(self._engine).get_columns(o.table.name, schema=o.table.schema)
+        for c in cols:
+            if c["name"] == field_name and isinstance(c["type"], sa.Enum):
+                return [(str(e), str(e)) for e in c["type"].enums]
+        return None
+
     def _keys(self, o: SqlObject, ids: Sequence[str]) -> list[Any]:
         out = []
         for i in ids:
