@@ -88,6 +88,18 @@ def _summary_table(title: str, reports: list[Any]) -> Table:
     return t
 
 
+def _print_options(reports: list[Any]) -> None:
+    """Option lists a run brought in step (``options:``; not in the summary table)."""
+    for r in reports:
+        done = [
+            f"{k.removeprefix('options_')} {v}"
+            for k in ("options_created", "options_updated", "options_rejected", "options_failed")
+            if (v := r.counts.get(k, 0))
+        ]
+        if done:
+            out.print(f"{r.link}: options {', '.join(done)}", markup=False)
+
+
 def plan(
     config: ConfigOpt = Path("crmsync.yaml"),
     link: LinkOpt = None,
@@ -99,6 +111,7 @@ def plan(
     with open_engine(config, readonly=True) as engine:
         reports = engine.sync(link, dry_run=True, max_samples=samples)
     out.print(_summary_table("plan (dry run: nothing was written)", reports))
+    _print_options(reports)
     for r in reports:
         if not r.samples:
             continue
@@ -174,6 +187,7 @@ def sync(
         with progress:
             reports = engine.sync(link, full=full)
     out.print(_summary_table("sync", reports))
+    _print_options(reports)
     if code := exit_code(reports):
         raise typer.Exit(code)
     if missing:
