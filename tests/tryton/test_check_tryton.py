@@ -157,3 +157,5 @@ def test_check_lists_tryton_selection_options_a_values_map_would_reject(
     assert "option(s) with no entry in values: " in msg
     assert "'lost'" in msg and "'cancelled'" in msg
     assert "'won'" not in msg and "'opportunity'" not in msg
+    assert "'lead'" not in msg  # a state of the lead object, never a deal's
+    assert msg.startswith("crm.deal 'state' has 3 option(s) with no entry in values: "), msg
