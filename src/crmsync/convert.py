@@ -605,11 +605,13 @@ def value_mapper(
         raise ValueError(f"unmapped: expected reject, keep or a value, got {unmapped!r}")
 
     def mapped(v: Any) -> Any:
-        if v is None or v == "":
-            return v if empty_out is missing else empty_out
+        if v is None:
+            return None if empty_out is missing else empty_out
         out = table.get(v if type(v) is str else value_key(v), missing)
         if out is not missing:
-            return out
+            return out  # the common case: one lookup
+        if v == "":
+            return v if empty_out is missing else empty_out
         if unmapped == UNMAPPED_KEEP:
             return v
         if unmapped == UNMAPPED_VALUE:
