@@ -371,6 +371,30 @@ def test_empty_is_not_unmapped(mode: str, backward: bool) -> None:
     assert fn("") == ""
 
 
+def test_an_explicit_entry_for_the_empty_text_is_used() -> None:
+    assert value_mapper({"": "Unknown", "A": "Active"}, False)("") == "Unknown"
+
+
+_words = st.text(alphabet="abcXYZ019", min_size=1, max_size=4)
+
+
+@given(st.dictionaries(_words, _words, min_size=1, max_size=6), _words)
+def test_unmapped_modes_agree_on_every_value(values: dict[str, str], v: str) -> None:
+    keep = value_mapper(values, False, "keep")
+    other = value_mapper(values, False, "value", object())
+    reject = value_mapper(values, False)
+    try:
+        mapped = reject(v)
+    except ConversionError:
+        # Unmapped: keep writes it, {value: X} writes X, reject refused it.
+        assert keep(v) == v
+        assert other(v) is not v and type(other(v)) is object
+    else:
+        assert keep(v) == mapped == other(v)
+        # What a mapped value became maps back to one of the keys that give it.
+        assert reject(value_mapper(values, True)(mapped)) == mapped
+
+
 def test_default_fills_an_empty_value_and_is_never_rejected() -> None:
     # A default in the target's terms is written as it is...
     fwd = value_mapper(PICK, False, default="Inactive")
