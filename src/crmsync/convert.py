@@ -548,9 +548,34 @@ def _aliases(key: str) -> list[str]:
     return out
 
 
-def value_mapper(values: dict[str, Any] | None, backward: bool) -> Convert:
-    """Maps a value through a link's ``values:`` dict (inverted when ``backward``);
-    unmapped values (and None) pass through unchanged."""
+# What a value with no entry in a ``values:`` map becomes (config ``unmapped:``).
+UNMAPPED_REJECT = "reject"
+UNMAPPED_KEEP = "keep"
+UNMAPPED_VALUE = "value"
+_LISTED = 8  # entries of a values: map named in a rejection reason
+
+
+def _listing(items: list[str]) -> str:
+    head = ", ".join(items[:_LISTED])
+    return head + (f", ... ({len(items)} in all)" if len(items) > _LISTED else "")
+
+
+def value_mapper(
+    values: dict[str, Any] | None,
+    backward: bool,
+    unmapped: str = UNMAPPED_REJECT,
+    replacement: Any = None,
+    default: Any = None,
+) -> Convert:
+    """Maps a value through a link's ``values:`` dict (inverted when ``backward``).
+
+    A value with no entry is rejected (``ConversionError`` with the reason),
+    kept as it is (``unmapped="keep"``) or replaced by ``replacement``
+    (``unmapped="value"``). An empty value (None or '') is never unmapped: it
+    becomes ``default`` when one is given (looked up in the map first, so a
+    default spelled as a source entry is mapped; otherwise written as is, a
+    value in the receiving side's terms), else it passes through.
+    """
     if not values:
         return identity
     table: dict[str, Any] = {}
@@ -563,11 +588,34 @@ def value_mapper(values: dict[str, Any] | None, backward: bool) -> Convert:
         for alias in _aliases(key):
             table.setdefault(alias, table[key])
     missing = object()
+    if default is not None:
+        found = table.get(value_key(default), missing)
+        empty_out = default if found is missing else found
+    else:
+        empty_out = missing
+    if unmapped == UNMAPPED_REJECT:
+        if backward:
+            missing_what = "is none of the targets in values: ("
+            entries = _listing(list(dict.fromkeys(value_key(t) for t in values.values())))
+        else:
+            missing_what = "has no entry in values: ("
+            entries = _listing(list(values))
+        hint = "); set unmapped: keep or {value: ...} to write it"
+    elif unmapped not in (UNMAPPED_KEEP, UNMAPPED_VALUE):
+        raise ValueError(f"unmapped: expected reject, keep or a value, got {unmapped!r}")
 
     def mapped(v: Any) -> Any:
         if v is None:
-            return None
+            return None if empty_out is missing else empty_out
         out = table.get(v if type(v) is str else value_key(v), missing)
-        return v if out is missing else out
+        if out is not missing:
+            return out  # the common case: one lookup
+        if v == "":
+            return v if empty_out is missing else empty_out
+        if unmapped == UNMAPPED_KEEP:
+            return v
+        if unmapped == UNMAPPED_VALUE:
+            return replacement
+        raise ConversionError(f"value {_show(v)} {missing_what}{entries}{hint}")
 
     return mapped

@@ -102,3 +102,60 @@ def test_check_names_refused_credentials_and_unknown_database(
     [(loc, msg)] = found["database"]
     assert loc == f"{tmp_path}/database.yaml:11 systems.crm.database", loc
     assert "Tryton has no database 'crmsync_no_such_db'" in msg
+
+
+PICK_CONFIG = """\
+state: sqlite:///{d}/state.db
+systems:
+  crm:
+    connector: tryton
+    url: {url}
+    database: {db}
+    password: {password}
+    objects:
+      deal: {{}}
+  erp:
+    connector: sql
+    url: sqlite:///{d}/erp.db
+    objects:
+      orders: {{table: orders, key: id, updated_at: updated_at}}
+links:
+  deals:
+    source: crm.deal
+    target: erp.orders
+    create: false
+    fields:
+      - {{source: state, target: status, values: {{opportunity: Open, won: Won}}}}
+"""
+
+
+def test_check_lists_tryton_selection_options_a_values_map_would_reject(
+    tryton: TrytonServer, tmp_path: Path
+) -> None:
+    eng = sa.create_engine(f"sqlite:///{tmp_path}/erp.db")
+    with eng.begin() as c:
+        c.exec_driver_sql(
+            "CREATE TABLE orders (id TEXT PRIMARY KEY, status TEXT, updated_at DATETIME)"
+        )
+    eng.dispose()
+    path = tmp_path / "crmsync.yaml"
+    path.write_text(PICK_CONFIG.format(d=tmp_path, url=tryton.url, db=tryton.database,
+                                       password=tryton.password))
+    config, smap = load_config_with_lines(path)
+    conns = build_connectors(config)
+    warnings: list[tuple[str, str]] = []
+    try:
+        problems = check_config(config, conns, str(path), smap.locate, warnings=warnings)
+    finally:
+        for c in conns.values():
+            c.close()
+    assert problems == []
+    (loc, msg), = warnings
+    assert loc.endswith("links.deals.fields[0].values")
+    # The selection's options, from the live server: every state but the two mapped.
+    assert msg.startswith("crm.deal 'state' has "), msg
+    assert "option(s) with no entry in values: " in msg
+    assert "'lost'" in msg and "'cancelled'" in msg
+    assert "'won'" not in msg and "'opportunity'" not in msg
+    assert "'lead'" not in msg  # a state of the lead object, never a deal's
+    assert msg.startswith("crm.deal 'state' has 3 option(s) with no entry in values: "), msg

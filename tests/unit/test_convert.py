@@ -255,14 +255,14 @@ def test_integer_decimal_string_round_trip(n: int) -> None:
 
 def test_value_mapper_forward_and_backward() -> None:
     values = {"1": "Active", "2": "Dormant", "true": "Yes"}
-    fwd = value_mapper(values, backward=False)
+    fwd = value_mapper(values, backward=False, unmapped="keep")
     assert fwd(1) == "Active"
     assert fwd("2") == "Dormant"
     assert fwd(Decimal("1.0")) == "Active"
     assert fwd(True) == "Yes"
     assert fwd(3) == 3
     assert fwd(None) is None
-    back = value_mapper(values, backward=True)
+    back = value_mapper(values, backward=True, unmapped="keep")
     assert back("Active") == "1"
     assert back("Other") == "Other"
     assert value_mapper(None, backward=False) is identity
@@ -273,6 +273,139 @@ def test_value_mapper_with_non_text_targets() -> None:
     assert back(1) == "A"
     assert back(True) == "B"
     assert back(Decimal("1.00")) == "A"
+
+
+def _rejects(fn: Any, v: Any) -> str:
+    with pytest.raises(ConversionError) as info:
+        fn(v)
+    return info.value.reason
+
+
+PICK = {"A": "Active", "I": "Inactive"}
+
+
+def test_unmapped_is_rejected_by_default_with_the_reason() -> None:
+    fwd = value_mapper(PICK, backward=False)
+    assert fwd("A") == "Active"
+    assert _rejects(fwd, "Gold") == (
+        "value 'Gold' has no entry in values: (A, I); "
+        "set unmapped: keep or {value: ...} to write it"
+    )
+    back = value_mapper(PICK, backward=True)
+    assert back("Inactive") == "I"
+    assert _rejects(back, "Gold") == (
+        "value 'Gold' is none of the targets in values: (Active, Inactive); "
+        "set unmapped: keep or {value: ...} to write it"
+    )
+    # A mapped value's own spelling is no entry the other way round.
+    assert "no entry" in _rejects(fwd, "Active")
+    assert "none of the targets" in _rejects(back, "A")
+
+
+def test_unmapped_reason_names_the_first_entries_of_a_long_map() -> None:
+    big = {str(i): f"v{i}" for i in range(20)}
+    why = _rejects(value_mapper(big, backward=False), 99)
+    assert why.startswith(
+        "value 99 has no entry in values: (0, 1, 2, 3, 4, 5, 6, 7, ... (20 in all));"
+    )
+
+
+@pytest.mark.parametrize("backward", [False, True])
+def test_unmapped_keep_and_value_in_both_directions(backward: bool) -> None:
+    keep = value_mapper(PICK, backward, "keep")
+    assert keep("Gold") == "Gold"
+    assert keep(7) == 7
+    other = value_mapper(PICK, backward, "value", "Other")
+    assert other("Gold") == "Other"
+    assert other(7) == "Other"
+    cleared = value_mapper(PICK, backward, "value", None)
+    assert cleared("Gold") is None
+    # Mapped values are mapped whatever the mode.
+    assert keep("Active" if backward else "A") == ("A" if backward else "Active")
+    assert other("I" if not backward else "Inactive") == ("I" if backward else "Inactive")
+
+
+def test_unknown_unmapped_mode_is_a_programming_error() -> None:
+    with pytest.raises(ValueError, match="unmapped"):
+        value_mapper(PICK, False, "drop")
+
+
+@pytest.mark.parametrize(
+    ("values", "source", "expected"),
+    [
+        # YAML `1: Active` gives the key '1': an integer 1, '1' and 1.0 all match it.
+        ({"1": "Active"}, 1, "Active"),
+        ({"1": "Active"}, "1", "Active"),
+        ({"1": "Active"}, Decimal("1.00"), "Active"),
+        ({"1.50": "Half"}, Decimal("1.5"), "Half"),
+        # YAML `true: Yes` / `True: Yes`: the boolean and its text spellings.
+        ({"true": "Yes"}, True, "Yes"),
+        ({"True": "Yes"}, True, "Yes"),
+        ({"true": "Yes"}, "true", "Yes"),
+        ({"false": "No"}, False, "No"),
+    ],
+)
+def test_value_map_aliases_are_no_unmapped_values(values: dict, source: Any, expected: Any) -> None:
+    assert value_mapper(values, backward=False)(source) == expected
+
+
+@pytest.mark.parametrize(
+    ("values", "target", "expected"),
+    [
+        ({"A": 1}, 1, "A"),
+        ({"A": 1}, "1", "A"),
+        ({"A": 1}, Decimal("1.0"), "A"),
+        ({"Y": True}, True, "Y"),
+        ({"Y": True}, "true", "Y"),
+    ],
+)
+def test_inverted_map_aliases(values: dict, target: Any, expected: Any) -> None:
+    assert value_mapper(values, backward=True)(target) == expected
+
+
+@pytest.mark.parametrize("mode", ["reject", "keep", "value"])
+@pytest.mark.parametrize("backward", [False, True])
+def test_empty_is_not_unmapped(mode: str, backward: bool) -> None:
+    fn = value_mapper(PICK, backward, mode, "Other")
+    assert fn(None) is None
+    assert fn("") == ""
+
+
+def test_an_explicit_entry_for_the_empty_text_is_used() -> None:
+    assert value_mapper({"": "Unknown", "A": "Active"}, False)("") == "Unknown"
+
+
+_words = st.text(alphabet="abcXYZ019", min_size=1, max_size=4)
+
+
+@given(st.dictionaries(_words, _words, min_size=1, max_size=6), _words)
+def test_unmapped_modes_agree_on_every_value(values: dict[str, str], v: str) -> None:
+    keep = value_mapper(values, False, "keep")
+    other = value_mapper(values, False, "value", object())
+    reject = value_mapper(values, False)
+    try:
+        mapped = reject(v)
+    except ConversionError:
+        # Unmapped: keep writes it, {value: X} writes X, reject refused it.
+        assert keep(v) == v
+        assert other(v) is not v and type(other(v)) is object
+    else:
+        assert keep(v) == mapped == other(v)
+        # What a mapped value became maps back to one of the keys that give it.
+        assert reject(value_mapper(values, True)(mapped)) == mapped
+
+
+def test_default_fills_an_empty_value_and_is_never_rejected() -> None:
+    # A default in the target's terms is written as it is...
+    fwd = value_mapper(PICK, False, default="Inactive")
+    assert fwd(None) == "Inactive"
+    assert fwd("") == "Inactive"
+    assert fwd("A") == "Active"
+    assert "no entry" in _rejects(fwd, "Gold")
+    # ... and one spelled as a source entry is mapped (what it did before unmapped:).
+    assert value_mapper(PICK, False, default="I")(None) == "Inactive"
+    # An unmapped value is no empty value: the default does not replace it.
+    assert value_mapper(PICK, False, "keep", default="Inactive")("Gold") == "Gold"
 
 
 # -- values a driver hands over raw (issue 10: dirty values) -------------------

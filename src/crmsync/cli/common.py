@@ -81,6 +81,13 @@ def print_problems(problems: list[tuple[str, str]], where: str) -> None:
     err.print(f"{len(problems)} problem(s) {where}", markup=False)
 
 
+def print_warnings(warnings: list[tuple[str, str]]) -> None:
+    for loc, msg in warnings:
+        err.print(f"{loc}: warning: {redact(msg)}", markup=False, soft_wrap=True)
+    if warnings:
+        err.print(f"{len(warnings)} warning(s)", markup=False)
+
+
 def setting_location(key: str) -> str:
     smap = _loaded.get("smap")
     return smap.locate(key) if smap is not None else key
@@ -112,11 +119,13 @@ def live_problems(
     *,
     unreachable_ok: bool = False,
     keep: dict[str, Any] | None = None,
+    warnings: list[tuple[str, str]] | None = None,
 ) -> list[tuple[str, str]]:
     """Every problem of the config against the live systems (``crmsync check``).
 
     With ``keep`` and no problem, the connectors that hold no state (all but
     push-only ones) go into ``keep`` instead of being closed, for the run.
+    With ``warnings``, what ``check_config`` warns about goes there.
     """
     from crmsync.connectors import build_connectors
     from crmsync.engine.check import check_config
@@ -135,7 +144,8 @@ def live_problems(
     problems: list[tuple[str, str]] = []
     try:
         problems = check_config(
-            config, connectors, str(path), smap.locate, unreachable_ok=unreachable_ok
+            config, connectors, str(path), smap.locate, unreachable_ok=unreachable_ok,
+            warnings=warnings,
         )
         return problems
     finally:

@@ -32,6 +32,7 @@ from crmsync.cli.common import (
     open_engine,
     out,
     print_problems,
+    print_warnings,
     redact,
     refuse_if_invalid,
     refuse_unknown_link,
@@ -45,7 +46,11 @@ def check(config: ConfigOpt = Path("crmsync.yaml")) -> None:
     from crmsync.engine.check import UNREACHABLE
 
     cfg, smap = load_with_lines(config)
-    problems = live_problems(cfg, config, smap)
+    warnings: list[tuple[str, str]] = []
+    problems = live_problems(cfg, config, smap, warnings=warnings)
+    # Warnings (values a values: map would reject) never fail the check: see
+    # engine/check.py check_coverage.
+    print_warnings(warnings)
     if problems:
         print_problems(problems, "found")
         down = all(msg.startswith(UNREACHABLE) for _, msg in problems)
@@ -107,6 +112,18 @@ def _rules_table(reports: list[Any]) -> Table | None:
     return t
 
 
+def _print_options(reports: list[Any]) -> None:
+    """Option lists a run brought in step (``options:``; not in the summary table)."""
+    for r in reports:
+        done = [
+            f"{k.removeprefix('options_')} {v}"
+            for k in ("options_created", "options_updated", "options_rejected", "options_failed")
+            if (v := r.counts.get(k, 0))
+        ]
+        if done:
+            out.print(f"{r.link}: options {', '.join(done)}", markup=False)
+
+
 def plan(
     config: ConfigOpt = Path("crmsync.yaml"),
     link: LinkOpt = None,
@@ -118,6 +135,7 @@ def plan(
     with open_engine(config, readonly=True) as engine:
         reports = engine.sync(link, dry_run=True, max_samples=samples)
     out.print(_summary_table("plan (dry run: nothing was written)", reports))
+    _print_options(reports)
     if (rt := _rules_table(reports)) is not None:
         out.print(rt)
     for r in reports:
@@ -203,6 +221,7 @@ def sync(
         with progress:
             reports = engine.sync(link, full=full)
     out.print(_summary_table("sync", reports))
+    _print_options(reports)
     if (rt := _rules_table(reports)) is not None:
         out.print(rt)
     if code := exit_code(reports):

@@ -37,7 +37,9 @@ _NAME = re.compile(NAME_RE)
 _VAR = re.compile(r"\$\$\{|\$\{([^}]*)\}")
 _VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Labels pydantic puts into error locations for union branches (our Tag names).
-_TAGS = frozenset({"AllOf", "AnyOf", "Condition", "SetAction", "mode", "sql", "webhook"})
+_TAGS = frozenset(
+    {"AllOf", "AnyOf", "Condition", "SetAction", "UnmappedValue", "mode", "sql", "webhook"}
+)
 
 
 # -- key paths and lines -------------------------------------------------

@@ -339,6 +339,24 @@ class Mapping(_Strict):
         None, description="value map source -> target (pick lists); inverted for backward"
     )
     default: Any = Field(None, description="value written when the source value is empty")
+    unmapped: Annotated[
+        Annotated[Literal["reject", "keep"], Tag("mode")]
+        | Annotated[UnmappedValue, Tag("UnmappedValue")],
+        Discriminator(
+            _unmapped_kind,
+            custom_error_type="unmapped",
+            custom_error_message="expected reject, keep or a mapping '{value: X}'",
+        ),
+    ] | None = Field(
+        None,
+        description="a value with no entry in values: reject (default: the field is rejected "
+        "with the reason) | keep (written as it is) | {value: X} (X is written)",
+    )
+    options: OptionList | None = Field(
+        None,
+        description="keep a lookup table of the target system in step with the source "
+        "field's options (a Tryton selection, a SQL ENUM), before records are written",
+    )
 
     @field_validator("values", mode="before")
     @classmethod
@@ -347,6 +365,39 @@ class Mapping(_Strict):
         if isinstance(v, dict):
             return {str(k): val for k, val in v.items()}
         return v
+
+    @model_validator(mode="after")
+    def _unmapped_needs_values(self) -> Mapping:
+        if self.unmapped is not None and not self.values:
+            raise ValueError("unmapped: applies to a values: map; this mapping has none")
+        return self
+
+
+class UnmappedValue(_Strict):
+    """``unmapped: {value: X}``: X is written for a value with no entry in ``values:``."""
+
+    value: Any = Field(description="written instead of an unmapped value (null: empty)")
+
+
+def _unmapped_kind(v: Any) -> str | None:
+    if isinstance(v, str):
+        return "mode"
+    if isinstance(v, dict | UnmappedValue):
+        return "UnmappedValue"
+    return None
+
+
+class OptionList(_Strict):
+    """``options:`` of a mapping: every option of the source field (a Tryton selection,
+    a SQL ENUM) is a record of a lookup table of the target system, created when
+    missing (its label updated), never deleted: records may still use an old option."""
+
+    object: str = Field(description="object of the target system: the lookup table")
+    key: str = Field(description="its field holding the option (mapped through values:)")
+    label: str | None = Field(None, description="its field for the option's label")
+
+
+Mapping.model_rebuild()
 
 
 class SetAction(_Strict):

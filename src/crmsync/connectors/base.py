@@ -151,6 +151,21 @@ class Connector(ABC):
         is assumed written then).
         """
 
+    def distinct_values(self, obj: str, field_name: str, limit: int) -> list[Any] | None:
+        """Up to ``limit`` different non-empty values ``field_name`` holds, in order
+        (``check`` compares them with a ``values:`` map); None when the system
+        cannot tell cheaply. A field with ``choices`` needs no call: those are its values."""
+        return None
+
+    def options(self, obj: str, field_name: str) -> list[tuple[str, str]] | None:
+        """The options of a pick-list field as (value, label), read now (a new
+        option added since ``describe`` is in it); None when the field has no
+        fixed list. The default: the described ``choices``, each its own label."""
+        fs = self.describe(obj).fields.get(field_name)
+        if fs is None or not fs.choices:
+            return None
+        return [(c, c) for c in fs.choices]
+
     def related_ids(self, obj: str, rid: str) -> dict[str, tuple[str, str]]:
         """The records ``rid`` references through mapped refs: ref -> (object, id)."""
         return {}

@@ -13,10 +13,24 @@ from dataclasses import replace
 from typing import Any
 
 from crmsync.config.loader import join_path, sort_problems
-from crmsync.config.models import Config, ConflictPolicy, Direction, LinkConfig, SetAction
+from crmsync.config.models import (
+    Config,
+    ConflictPolicy,
+    Direction,
+    LinkConfig,
+    SetAction,
+    UnmappedValue,
+)
 from crmsync.config.secrets import redact
 from crmsync.connectors.base import Connector
-from crmsync.convert import ConversionError, compatible, converter, is_scalar
+from crmsync.convert import (
+    ConversionError,
+    compatible,
+    converter,
+    is_scalar,
+    value_key,
+    value_mapper,
+)
 from crmsync.engine.filters import criteria_problems
 from crmsync.engine.trigger import trigger_problems
 from crmsync.errors import CrmsyncError, SchemaError, SettingError, SystemUnavailable
@@ -36,18 +50,26 @@ def check_config(
     locate: Locate | None = None,
     *,
     unreachable_ok: bool = False,
+    warnings: list[Problem] | None = None,
 ) -> list[Problem]:
     """Every problem of ``config`` against the live systems, sorted by line.
 
     With ``unreachable_ok`` a system that cannot be reached is no problem and
     its links are not checked: ``sync`` then pauses them and exits 3 instead.
 
+    With ``warnings`` (``crmsync check`` only: it reads data, not just schemas)
+    the values the source holds that a ``values:`` map would reject are added
+    to it, sorted by line (see ``_Checker.check_coverage``).
+
     ``locate`` turns a key path into ``file:line key.path`` (``SourceMap.locate``
     from ``load_config_with_lines``); without it locations are ``file key.path``.
     """
     loc = locate or (lambda path: f"{source_file} {path}")
     checker = _Checker(config, connectors, loc, unreachable_ok)
+    checker.coverage = warnings is not None
     checker.run()
+    if warnings is not None:
+        warnings.extend(sort_problems(checker.warnings))
     return sort_problems(checker.problems)
 
 
@@ -66,6 +88,8 @@ class _Checker:
         self.connectors = connectors
         self.locate = locate
         self.problems: list[Problem] = []
+        self.warnings: list[Problem] = []
+        self.coverage = False
         self.specs: dict[tuple[str, str], ObjectSpec] = {}
 
     def add(self, path: str, message: str) -> None:
@@ -284,6 +308,8 @@ class _Checker:
             self.check_value(f"{mpath}.default", tf, m.default, m.target)
         if sf is None or tf is None:
             return
+        if m.options is not None:
+            self.check_options(f"{mpath}.options", link, m, sf, src_name, forward)
 
         if m.values:
             for fs in (sf, tf):
@@ -299,6 +325,17 @@ class _Checker:
                     self.check_value(vpath, _loose_len(tf), value, m.target)
                 if backward:
                     self.check_value(vpath, _loose_len(sf), key, m.source)
+            if isinstance(m.unmapped, UnmappedValue):
+                upath = f"{mpath}.unmapped.value"
+                if forward:
+                    self.check_value(upath, _loose_len(tf), m.unmapped.value, m.target)
+                if backward:
+                    self.check_value(upath, _loose_len(sf), m.unmapped.value, m.source)
+            if self.coverage and m.unmapped in (None, "reject"):
+                if forward:
+                    self.check_coverage(f"{mpath}.values", link, m, link.source, sf, False)
+                if backward:
+                    self.check_coverage(f"{mpath}.values", link, m, link.target, tf, True)
             return
 
         if forward:
@@ -318,6 +355,99 @@ class _Checker:
                     f"cannot map {tf.type.value} field {tf.name!r} back to {sf.type.value} "
                     f"field {sf.name!r}: {reason}",
                 )
+
+    def check_options(
+        self, path: str, link: LinkConfig, m: Any, sf: FieldSpec, src_name: str, forward: bool
+    ) -> None:
+        """``options:``: a lookup object of the target system, fields it has and
+        takes, and a source field with an option list (engine/options.py)."""
+        opts = m.options
+        if not forward:
+            self.add(path, "options flow from the source field to the target system; "
+                     "this mapping is backward only")
+        if not sf.choices:
+            self.add(
+                path,
+                f"field {sf.name!r} of {src_name} has no option list (a Tryton selection or "
+                "a SQL ENUM); a lookup table is kept in step by a link of its own",
+            )
+        system = link.target_system
+        if opts.object not in self.config.systems[system].objects:
+            known = ", ".join(self.config.systems[system].objects)
+            self.add(
+                f"{path}.object",
+                f"{opts.object!r} is not an object of system {system!r} (objects: {known}); "
+                "configure the lookup table there",
+            )
+            return
+        spec = self.specs.get((system, opts.object))
+        if spec is None:
+            return  # not described: already reported
+        obj = f"{system}.{opts.object}"
+        for key in ("key", "label"):
+            fname = getattr(opts, key)
+            if fname is None:
+                continue
+            fs = self.field(spec, fname, obj, f"{path}.{key}")
+            if fs is not None:
+                self.check_writable(f"{path}.{key}", fs, spec, obj, "options")
+
+    def check_coverage(
+        self, path: str, link: LinkConfig, m: Any, obj: str, fs: FieldSpec, backward: bool
+    ) -> None:
+        """Values ``obj``'s field holds (its options, or its distinct values when
+        the system can list them) that the ``values:`` map has no entry for: a
+        record holding one syncs without this field (``unmapped: reject``).
+
+        A warning, not a problem: it is about data, which changes between
+        ``check`` and a run, and the run rejects that field only, with the reason;
+        refusing every run for one odd value would stop every other record too.
+        """
+        system, _, oname = obj.partition(".")
+        conn = self.connectors.get(system)
+        if fs.choices:
+            # Read now (a Tryton deal's state: only the object's own states).
+            try:
+                opts = conn.options(oname, fs.name) if conn else None
+            except CrmsyncError:
+                opts = None
+            held: list[Any] = [k for k, _ in opts] if opts is not None else list(fs.choices)
+            kind, truncated = "option", False
+        else:
+            try:
+                got = conn.distinct_values(oname, fs.name, _DISTINCT + 1) if conn else None
+            except CrmsyncError:
+                return  # cannot tell now; the schema checks already reported the system
+            if got is None:
+                return
+            held, kind, truncated = got[:_DISTINCT], "value", len(got) > _DISTINCT
+        # A soft-delete marker never goes through the map: the record is a delete.
+        ocfg = self.config.systems[system].objects.get(oname)
+        marker = getattr(ocfg, "deleted", None)
+        if marker is not None and marker.field == fs.name:
+            held = [v for v in held if v != marker.value and str(v) != str(marker.value)]
+        mapper = value_mapper(m.values, backward)
+        uncovered = []
+        for v in held:
+            try:
+                mapper(v)
+            except ConversionError:
+                uncovered.append(v)
+        if not uncovered:
+            return
+        shown = ", ".join(map(_show_value, uncovered[:_SHOWN]))
+        if len(uncovered) > _SHOWN:
+            shown += f" and {len(uncovered) - _SHOWN} more"
+        has = "has" if kind == "option" else "holds"
+        entry = "none of the targets in" if backward else "with no entry in"
+        msg = (
+            f"{obj} {fs.name!r} {has} {len(uncovered)} {kind}(s) {entry} values: {shown}; a record "
+            "holding one syncs without this field (unmapped: reject): map them, or set "
+            "unmapped: keep or {value: ...}"
+        )
+        if truncated:
+            msg += f" (only the first {_DISTINCT} different values were read)"
+        self.warnings.append((self.locate(path), redact(msg)))
 
     def check_writable(
         self, path: str, fs: FieldSpec, spec: ObjectSpec, obj: str, direction: str
@@ -371,6 +501,15 @@ class _Checker:
                 f"cannot match {sf.type.value} field {sfield!r} with {tf.type.value} "
                 f"field {tfield!r}: {reason}",
             )
+
+
+# Different values ``check`` reads from a column, and uncovered ones it names.
+_DISTINCT = 1000
+_SHOWN = 50
+
+
+def _show_value(v: Any) -> str:
+    return repr(v) if isinstance(v, str) else value_key(v)
 
 
 def _loose(fs: FieldSpec) -> FieldSpec:

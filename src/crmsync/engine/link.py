@@ -13,8 +13,16 @@ from crmsync.config.models import (
     Mapping,
     ObjectConfig,
     SetAction,
+    UnmappedValue,
 )
-from crmsync.convert import converter, identity, to_json, value_mapper
+from crmsync.convert import (
+    UNMAPPED_REJECT,
+    UNMAPPED_VALUE,
+    converter,
+    identity,
+    to_json,
+    value_mapper,
+)
 from crmsync.engine.filters import compile_criteria
 from crmsync.engine.merge import FieldPlan
 from crmsync.engine.trigger import Trigger, compile_trigger, trigger_fields
@@ -89,21 +97,34 @@ def _chain(first: Callable[[Any], Any] | None, then: Callable[[Any], Any]) -> Ca
 def _plan(m: Mapping, link: LinkConfig, src: FieldSpec, dst: FieldSpec) -> FieldPlan:
     direction = link.mapping_direction(m)
     if m.values:
-        fwd = _chain(value_mapper(m.values, backward=False), converter(None, dst))
-        bwd = _chain(value_mapper(m.values, backward=True), converter(None, src))
+        mode, replacement = unmapped_mode(m)
+        # The mapper fills an empty value with the default itself: a default is
+        # a target value, not an unmapped source value to reject.
+        fwd = _chain(
+            value_mapper(m.values, False, mode, replacement, default=m.default),
+            converter(None, dst),
+        )
+        bwd = _chain(value_mapper(m.values, True, mode, replacement), converter(None, src))
     else:
-        fwd = converter(src, dst)
+        fwd = _with_default(converter(src, dst), m.default)
         bwd = converter(dst, src)
     return FieldPlan(
         key=m.target,
         source=m.source,
         target=m.target,
         direction=Direction(direction),
-        forward=_with_default(fwd, m.default),
+        forward=fwd,
         backward=bwd,
         canon=_canon_for(dst),
         source_canon=_canon_for(src),
     )
+
+
+def unmapped_mode(m: Mapping) -> tuple[str, Any]:
+    """``unmapped:`` as (mode, replacement) for ``value_mapper``."""
+    if isinstance(m.unmapped, UnmappedValue):
+        return UNMAPPED_VALUE, m.unmapped.value
+    return m.unmapped or UNMAPPED_REJECT, None
 
 
 def _canon_for(spec: FieldSpec) -> Callable[[Any], Any]:

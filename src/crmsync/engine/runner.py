@@ -31,7 +31,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -42,6 +42,7 @@ from crmsync.engine.apply import Applier
 from crmsync.engine.capture import Capture
 from crmsync.engine.lease import local_owner_gone, make_worker_id
 from crmsync.engine.link import CompiledLink, compile_link
+from crmsync.engine.options import sync_options
 from crmsync.engine.quota import QuotaGuard, QuotaMeter, QuotaWait
 from crmsync.engine.retry import RetryPolicy
 from crmsync.engine.status import enabled_links, require_link
@@ -292,6 +293,8 @@ class Engine:
                     # wait durably for the one that is down.
                     self._capture(name, src, Side.SOURCE, report, run_id)
                 raise
+            # Options first: a record may hold an option the lookup table lacks yet.
+            report.counts.update(sync_options(name, lc, src, tgt, dry_run=dry_run))
             applier = Applier(
                 link,
                 self.state,
@@ -374,6 +377,8 @@ class Engine:
             return report
         run_id = self.state.start_run(name, report.kind)
         try:
+            with suppress(SystemUnavailable):  # the target may be down: workers wait for it
+                report.counts.update(sync_options(name, lc, src, tgt, dry_run=False))
             if migrating:
                 # Compiling reflects both systems: inside the try, so a system
                 # that is down pauses the run instead of failing it.

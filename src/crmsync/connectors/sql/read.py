@@ -9,6 +9,7 @@ import sqlalchemy as sa
 
 from crmsync.connectors.sql.core import CHUNK, SqlCore
 from crmsync.connectors.sql.reflect import SqlObject
+from crmsync.connectors.sql.types import lenient
 from crmsync.errors import SchemaError
 from crmsync.model import Record
 
@@ -64,6 +65,38 @@ class SqlRead(SqlCore):
         if not vals:
             return []
         return self._records(o, self._in_query(o, o.table.c[field_name], vals))
+
+    def distinct_values(self, obj: str, field_name: str, limit: int) -> list[Any] | None:
+        o = self._obj(obj)
+        if field_name not in o.table.c:
+            return None
+        col = o.table.c[field_name]
+        stmt = (
+            sa.select(col).distinct().where(col.is_not(None)).order_by(col).limit(limit)
+        )
+        dialect = self._engine.dialect
+        with self._errors.guard(), self._engine.connect() as conn:
+            res = conn.execute(stmt)
+            raw = [row[0] for row in res.cursor.fetchall()]
+            proc = col.type.dialect_impl(dialect).result_processor(
+                dialect, res.cursor.description[0][1]
+            )
+            res.close()
+        # A value the column's type cannot take stays as the database holds it.
+        return raw if proc is None else [lenient(proc, v) for v in raw]
+
+    def options(self, obj: str, field_name: str) -> list[tuple[str, str]] | None:
+        o = self._obj(obj)
+        if field_name not in o.table.c or not isinstance(o.table.c[field_name].type, sa.Enum):
+            return None
+        # Reflected again, not from the cached table: ALTER TYPE ... ADD VALUE (or a
+        # MODIFY of a MariaDB ENUM) since the start shows at the next run.
+        with self._errors.guard():
+            cols = sa.inspect(self._engine).get_columns(o.table.name, schema=o.table.schema)
+        for c in cols:
+            if c["name"] == field_name and isinstance(c["type"], sa.Enum):
+                return [(str(e), str(e)) for e in c["type"].enums]
+        return None
 
     def _keys(self, o: SqlObject, ids: Sequence[str]) -> list[Any]:
         out = []

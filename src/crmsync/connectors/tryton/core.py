@@ -85,6 +85,23 @@ class TrytonCore(Connector):
         assert spec is not None
         return spec
 
+    def options(self, obj: str, field_name: str) -> list[tuple[str, str]] | None:
+        o = self._obj(obj)
+        assert o.spec is not None
+        fs = o.spec.fields.get(field_name)
+        if fs is None or not fs.choices or "." in field_name:
+            return super().options(obj, field_name)
+        # Asked again, not from the cached fields_get: a module installed since the
+        # start may have added options.
+        meta = self.m(o.model, "fields_get", [field_name]).get(field_name) or {}
+        sel = meta.get("selection")
+        if not isinstance(sel, list):
+            return None
+        out = [(str(k), str(label)) for k, label in sel if k is not None]
+        if field_name == "state" and o.states is not None:
+            out = [(k, label) for k, label in out if k in o.states]  # this object's states only
+        return out
+
     def refs(self, obj: str) -> dict[str, str]:
         return {ref: rc.object for ref, rc in self._obj(obj).refs.items()}
 
