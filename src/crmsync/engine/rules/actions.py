@@ -8,7 +8,7 @@ record's timeline; a failure that a retry may cure raises ``ActionFailed``
 from __future__ import annotations
 
 import json
-import string
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -62,27 +62,50 @@ class Done:
     queue: tuple[str, str, str] | None = None
 
 
-class _Blank(dict[str, Any]):
-    # An empty or unknown field renders as nothing, never as "None" or an error.
-    def __missing__(self, key: str) -> str:
-        return ""
+# ``{field}`` (a field may be dotted: ``{company.city}``); ``{{`` and ``}}`` are braces.
+_TEMPLATE = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
+_FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*(\.[A-Za-z_][A-Za-z0-9_\-]*)*$")
+
+
+def _parts(template: str) -> list[tuple[str, bool]]:
+    """The template as (text, is_field) parts; raises ValueError on a malformed one."""
+    out: list[tuple[str, bool]] = []
+    pos = 0
+    for m in _TEMPLATE.finditer(template):
+        out.append((template[pos:m.start()], False))
+        tok = m.group(0)
+        if tok in ("{{", "}}"):
+            out.append((tok[0], False))
+        elif m.group(1) is None:
+            raise ValueError(f"a lone {tok!r} (write {tok * 2} for a brace)")
+        elif not _FIELD.match(m.group(1).strip()):
+            raise ValueError(f"{{{m.group(1)}}} is not a field name")
+        else:
+            out.append((m.group(1).strip(), True))
+        pos = m.end()
+    out.append((template[pos:], False))
+    return out
 
 
 def render(template: str, values: Mapping[str, Any]) -> str:
     """``{field}`` replaced by the record's value (empty for none)."""
-    shown = _Blank({k: "" if v is None else v for k, v in values.items()})
-    return string.Formatter().vformat(template, (), shown)
+    try:
+        parts = _parts(template)
+    except ValueError:
+        return template  # check refuses it; never fail an action on its text
+    out = []
+    for text, is_field in parts:
+        if not is_field:
+            out.append(text)
+            continue
+        v = values.get(text)
+        out.append("" if v is None else str(v))
+    return "".join(out)
 
 
 def template_fields(template: str) -> list[str]:
     """The fields a template names; raises ValueError on a malformed one."""
-    out = []
-    for _, name, _, _ in string.Formatter().parse(template):
-        if name is not None:
-            if not name or not name.replace("_", "a").replace("-", "a").isalnum():
-                raise ValueError(f"{{{name}}} is not a field name")
-            out.append(name)
-    return out
+    return [text for text, is_field in _parts(template) if is_field]
 
 
 class Actions:
