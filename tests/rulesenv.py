@@ -30,7 +30,12 @@ systems:
     activities:
       {{table: activity, record: contact_id, subject: subject, body: body, at: created_at}}
     objects:
-      contact: {{table: contact, key: id, updated_at: updated_at, lookback: 0}}
+      contact:
+        table: contact
+        key: id
+        updated_at: updated_at
+        lookback: 0
+        anonymize: {{name: Erased, email: erased@invalid.example}}
   cadence:
     connector: sql
     url: sqlite:///{d}/cadence.db

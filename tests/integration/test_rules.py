@@ -203,3 +203,31 @@ def test_an_action_out_of_attempts_is_listed_failed_and_retried(
     events = hook.events()
     assert len(events) == 3 and len({e["id"] for e in events}) == 1
     assert len(s.activities()) == 1  # the actions before it are not repeated
+
+
+def test_erasure_scrubs_what_rules_kept_and_fires_nothing(tmp_path: Path, hook: Receiver) -> None:
+    import sqlalchemy as sa
+
+    s = Cadence(tmp_path, hook)
+    s.contact(1, name="Ada Secret", email="ada@x.test", type="Lead", status="Open",
+              do_not_call=True, owner="kim")
+    s.sync()
+    s.contact(1, status="Closed")
+    s.sync()
+    assert len(s.activities()) == 1
+    r = _cli(tmp_path, "erase", "crm.contact:1", "--yes", "--by", "dpo")
+    assert r.returncode == 0, r.stdout + r.stderr
+    # The activity crmsync wrote into the CRM is gone with the rest of its notes.
+    assert s.activities() == []
+    st = sa.create_engine(f"sqlite:///{tmp_path}/state.db")
+    with st.connect() as c:
+        dump = "\n".join(
+            str(tuple(row)) for t in ("crmsync_rule_firings", "crmsync_trigger_seen",
+                                      "crmsync_outcomes", "crmsync_activities", "crmsync_messages")
+            for row in c.exec_driver_sql(f"SELECT * FROM {t}")
+        )
+    st.dispose()
+    assert "Ada Secret" not in dump and "ada@x.test" not in dump
+    # The anonymized record is crmsync's own write: no rule fires on it.
+    counts = s.sync()
+    assert counts.get("rule:exit_cadence", {}).get("fired", 0) == 0

@@ -367,11 +367,39 @@ def _scrub(
         counts["messages"] += state.delete_record_messages(c, name, "source", sids)
         counts["messages"] += state.delete_record_messages(c, name, "target", tids)
         counts["trigger_seen"] += state.delete_trigger_seen(c, name, sids)
+    counts["trigger_seen"] += _scrub_rule_memory(config, state, c, plans, canon)
+    counts["rule_firings"] = state.scrub_firings(c, refs)
     through = _scrub_written_through_refs(config, state, connectors, c, plans, canon)
     counts["identities"] += len(through)
     counts["outcomes"] = state.erase_outcome_values(c, refs + through, ERASED_TEXT)
     counts["activities"] = state.erase_activity_text(c, refs, ERASED_TEXT)
     return counts
+
+
+def _scrub_rule_memory(
+    config: Config,
+    state: StateStore,
+    c: Any,
+    plans: list[_Plan],
+    canon: dict[tuple[str, str], dict[str, Any]],
+) -> int:
+    """What rules saw of the erased records is forgotten but for the anonymized values
+    (the erasure's own write, so no rule fires on it); changes waiting for them go."""
+    n = 0
+    for rname, rc in config.rules.items():
+        ids = [p.ref.id for p in plans if f"{p.ref.system}.{p.ref.object}" == rc.on]
+        if not ids:
+            continue
+        q = f"rule:{rname}"
+        anon = canon.get((rc.system, rc.object), {})
+        seen = state.trigger_seen(c, q, ids)
+        state.delete_trigger_seen(c, q, ids)
+        # Only the replacements are kept: a field the memory lacks is taken as it is
+        # when next seen, never as a change (so nothing fires on the erasure either).
+        state.save_trigger_seen(c, q, [(rid, dict(anon)) for rid in seen])
+        state.delete_record_messages(c, q, "source", ids)
+        n += len(seen)
+    return n
 
 
 def _scrub_written_through_refs(

@@ -64,6 +64,19 @@ class RulesMixin(Database):
         f = S.rule_firings
         c.execute(sa.update(f).where(f.c.id == fid).values(step=step, tried_step=tried))
 
+    def scrub_firings(self, c: sa.Connection, refs: Sequence[str]) -> int:
+        """GDPR: firings about these records keep when and what changed, not the values;
+        their actions not done yet never run (they would carry the values)."""
+        f, m = S.rule_firings, S.messages
+        ids = [int(i) for i in c.execute(
+            sa.select(f.c.id).where(self.in_keys(f.c.record_ref, list(refs)))).scalars()]
+        if not ids:
+            return 0
+        c.execute(sa.update(f).where(self.in_keys(f.c.id, ids)).values(record_values="{}"))
+        c.execute(sa.delete(m).where(m.c.link.like("rule:%"), m.c.side == "action",
+                                     self.in_keys(m.c.record_id, [str(i) for i in ids])))
+        return len(ids)
+
     def firing_counts(self, c: sa.Connection) -> dict[str, int]:
         f = S.rule_firings
         q = sa.select(f.c.rule, sa.func.count()).group_by(f.c.rule)

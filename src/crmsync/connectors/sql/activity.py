@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -54,6 +55,25 @@ class SqlActivity(SqlCore):
         except SchemaError as exc:
             return str(exc)
         return None
+
+    def remove_activities(self, ids: Sequence[str]) -> None:
+        """Delete activity rows crmsync wrote (GDPR erasure); rows already gone are no
+        error."""
+        if not ids:
+            return
+        _, t = self._activity()
+        pk = list(t.primary_key.columns)
+        if len(pk) != 1:
+            return  # rows without a single key cannot be named: nothing was recorded
+        col = pk[0]
+        keys: list[Any] = list(ids)
+        try:
+            if col.type.python_type is int:
+                keys = [int(i) for i in ids]
+        except (NotImplementedError, ValueError):
+            pass
+        with self._errors.guard(), self._engine.begin() as conn:
+            conn.execute(sa.delete(t).where(col.in_(keys)))
 
     def add_event_activity(
         self, obj: str, rid: str, subject: str, body: str, at: datetime, *, probe: bool

@@ -60,6 +60,8 @@ class Done:
     wrote: dict[str, Any] | None = None
     # the record to queue through a link, in the step's own transaction
     queue: tuple[str, str, str] | None = None
+    # the entry's id in the system that holds it (an activity), for erasure
+    external: str | None = None
 
 
 # ``{field}`` (a field may be dotted: ``{company.city}``); ``{{`` and ``}}`` are braces.
@@ -189,7 +191,8 @@ class Actions:
             probe=f.tried_step == f.step,
         )
         where = f" (id {ext})" if ext else ""
-        return Done("activity", "ok", f"activity on {target}{where}: {subject}", target)
+        return Done("activity", "ok", f"activity on {target}{where}: {subject}", target,
+                    external=ext)
 
     def _sync(self, step: SyncStep, f: Firing) -> Done:
         lc = self.config.links[step.sync]

@@ -442,7 +442,7 @@ class RuleRunner:
                     self.state.enqueue(c, link, side, [(rid, "upsert", None)])
                 self.state.firing_step(c, f.id, step=f.step + 1, tried=None)
                 self._log(c, rule, f.record, done.target, done.kind, done.status, done.message,
-                          done.fields, at)
+                          done.fields, at, external=done.external)
             report.counts[f"action_{done.kind}"] += 1
             f.step += 1
             f.tried_step = None
@@ -471,8 +471,12 @@ class RuleRunner:
         message: str,
         fields: list[dict[str, Any]],
         now: datetime,
+        *,
+        external: str | None = None,
     ) -> None:
-        """An outcome row (``crmsync log``) and a timeline entry on the watched record."""
+        """An outcome row (``crmsync log``) and a timeline entry on the watched record;
+        an activity written into a system also gets an entry on the record it is on,
+        with its id there, so an erasure of either record removes it."""
         at = self.state.ts(now)
         self.state.add_outcomes(c, [{
             "run_id": self.run_id,
@@ -496,6 +500,19 @@ class RuleRunner:
             "mentions": mentions,
             "outcome_id": None,
         }])
+        if external is not None and target is not None:
+            self.state.add_activities(c, [{
+                "link": rule.queue,
+                "record_ref": str(target),
+                "at": now,
+                "kind": f"rule {action}",
+                "text": f"Rule {rule.name}: {message}",
+                "deliver": True,
+                "delivered_at": now,
+                "external_id": external,
+                "mentions": f" {record} ",
+                "outcome_id": None,
+            }])
 
 
 def describe(step: Any) -> str:
