@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -379,12 +380,38 @@ class UnmappedValue(_Strict):
     value: Any = Field(description="written instead of an unmapped value (null: empty)")
 
 
-def _unmapped_kind(v: Any) -> str | None:
-    if isinstance(v, str):
-        return "mode"
-    if isinstance(v, dict | UnmappedValue):
-        return "UnmappedValue"
-    return None
+def _mode_or(model: type[BaseModel], tag: str) -> Callable[[Any], str | None]:
+    """A discriminator for a key taking a mode name or a mapping (``model``): picks the
+    branch by the value's shape, so a bad value reports one error, not one per branch."""
+
+    def kind(v: Any) -> str | None:
+        if isinstance(v, str):
+            return "mode"
+        if isinstance(v, dict | model):
+            return tag
+        return None
+
+    return kind
+
+
+def object_ref(v: str) -> str:
+    """``SYSTEM.OBJECT``, or a ValueError saying so."""
+    system, dot, obj = v.partition(".")
+    if not dot or not re.match(NAME_RE, system) or not re.match(NAME_RE, obj):
+        raise ValueError(f"expected SYSTEM.OBJECT, got {v!r}")
+    return v
+
+
+def schedule_text(v: str | None) -> str | None:
+    """An interval or cron expression, or a ValueError saying what was expected."""
+    if v is not None:
+        from crmsync.schedule import parse_schedule
+
+        parse_schedule(v)
+    return v
+
+
+_unmapped_kind = _mode_or(UnmappedValue, "UnmappedValue")
 
 
 class OptionList(_Strict):
@@ -410,12 +437,7 @@ class ConflictPolicy(StrEnum):
     NEWEST = "newest"
 
 
-def _on_delete_kind(v: Any) -> str | None:
-    if isinstance(v, str):
-        return "mode"
-    if isinstance(v, dict | SetAction):
-        return "SetAction"
-    return None
+_on_delete_kind = _mode_or(SetAction, "SetAction")
 
 
 class TriggerConfig(_Strict):
@@ -491,20 +513,12 @@ class LinkConfig(_Strict):
     @field_validator("schedule")
     @classmethod
     def _schedule(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
-        from crmsync.schedule import parse_schedule
-
-        parse_schedule(v)  # raises ValueError saying what was expected
-        return v
+        return schedule_text(v)
 
     @field_validator("source", "target")
     @classmethod
     def _ref(cls, v: str) -> str:
-        system, dot, obj = v.partition(".")
-        if not dot or not re.match(NAME_RE, system) or not re.match(NAME_RE, obj):
-            raise ValueError(f"expected SYSTEM.OBJECT, got {v!r}")
-        return v
+        return object_ref(v)
 
     @property
     def source_system(self) -> str:
@@ -610,19 +624,12 @@ class RuleConfig(_Strict):
     @field_validator("on")
     @classmethod
     def _ref(cls, v: str) -> str:
-        system, dot, obj = v.partition(".")
-        if not dot or not re.match(NAME_RE, system) or not re.match(NAME_RE, obj):
-            raise ValueError(f"expected SYSTEM.OBJECT, got {v!r}")
-        return v
+        return object_ref(v)
 
     @field_validator("schedule")
     @classmethod
     def _schedule(cls, v: str | None) -> str | None:
-        if v is not None:
-            from crmsync.schedule import parse_schedule
-
-            parse_schedule(v)
-        return v
+        return schedule_text(v)
 
     @property
     def system(self) -> str:

@@ -80,7 +80,7 @@ def compile_trigger(c: Criteria, spec: ObjectSpec) -> Trigger:
     """fires(prev, cur): the condition holds on ``cur`` and did not hold on ``prev``."""
     now = _now(c, spec)
     held = _held(c, spec)
-    decode = _decoder(trigger_fields(c), spec)
+    decode = decoder(spec, trigger_fields(c))
 
     def fires(prev: dict[str, Any] | None, cur: dict[str, Any]) -> bool:
         if not now(prev, cur):
@@ -116,7 +116,7 @@ def _held(c: Criteria, spec: ObjectSpec) -> filters.Predicate:
     return filters.compile_criteria(c, spec)
 
 
-def _decoder(fields: set[str], spec: ObjectSpec) -> Callable[[dict[str, Any]], dict[str, Any]]:
+def decoder(spec: ObjectSpec, fields: set[str]) -> Callable[[dict[str, Any]], dict[str, Any]]:
     """Seen values are canonical JSON; filters compare typed values (Decimal, date)."""
     convs = {
         f: converter(None, FieldSpec(f, spec.fields[f].type, nullable=True))

@@ -24,9 +24,9 @@ from collections.abc import Callable
 from typing import Any
 
 from crmsync.config.models import EVENT_OPS, AllOf, AnyOf, Condition, Criteria, Op
-from crmsync.convert import ConversionError, converter, to_json
+from crmsync.convert import ConversionError, to_json
 from crmsync.engine import filters
-from crmsync.model import FieldSpec, ObjectSpec
+from crmsync.model import ObjectSpec
 
 # (seen: canonical JSON last seen or None, typed last seen or None, typed now) -> holds?
 When = Callable[[dict[str, Any] | None, dict[str, Any] | None, dict[str, Any]], bool]
@@ -116,23 +116,3 @@ def _condition(c: Condition, spec: ObjectSpec) -> When:
         return becomes
     test = filters.compile_criteria(c, spec)
     return lambda seen, prev, cur: test(cur)
-
-
-def decoder(spec: ObjectSpec, fields: set[str]) -> Callable[[dict[str, Any]], dict[str, Any]]:
-    """Seen values are canonical JSON; criteria compare typed values (Decimal, date)."""
-    convs = {
-        f: converter(None, FieldSpec(f, spec.fields[f].type, nullable=True))
-        for f in fields
-        if f in spec.fields
-    }
-
-    def decode(seen: dict[str, Any]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for f, conv in convs.items():
-            try:
-                out[f] = conv(seen.get(f))
-            except ConversionError:
-                out[f] = None  # remembered under another type: unknown
-        return out
-
-    return decode

@@ -22,8 +22,9 @@ from crmsync.connectors.base import Connector
 from crmsync.convert import to_json
 from crmsync.engine.retry import RetryPolicy
 from crmsync.engine.rules.actions import ActionFailed, Actions, Firing
-from crmsync.engine.rules.criteria import When, compile_when, criteria_fields, decoder
+from crmsync.engine.rules.criteria import When, compile_when, criteria_fields
 from crmsync.engine.rules.memory import RULE_PREFIX, note_written, rule_queue, wire
+from crmsync.engine.trigger import decoder
 from crmsync.errors import CrmsyncError, SystemUnavailable
 from crmsync.model import ObjectSpec, Record, RecordRef
 from crmsync.state.store import UNREACHABLE, Message, StateStore, dumps, utcnow
