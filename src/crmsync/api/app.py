@@ -97,8 +97,10 @@ def create_app(ctx: ServiceContext) -> FastAPI:
         redoc_url=None,
     )
     app.state.ctx = ctx
-    routers = [build_public_router(ctx), build_api_router(ctx)]
-    routers.append(build_hooks_router(ctx))
+    # The webhook route first: routing tries routes in order, and at a few
+    # hundred deliveries a second matching them against every API route first
+    # was a sixth of the serving thread's time.
+    routers = [build_hooks_router(ctx), build_public_router(ctx), build_api_router(ctx)]
     for r in routers:
         app.include_router(r)
     add_docs(app)
