@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cached_property
 from typing import Any
 
 import sqlalchemy as sa
@@ -77,6 +78,7 @@ class QueueMixin(Database):
         for feed in self.rule_feeds.get((link, side), ()):
             self.enqueue(c, feed, "source", [(rid, "upsert", None) for rid, _, _ in items],
                          now=now)
+        at = self.ts(now)
         rows = [
             {
                 "link": link,
@@ -86,16 +88,26 @@ class QueueMixin(Database):
                 "version": version,
                 "status": "pending",
                 "attempts": 0,
-                "available_at": now,
-                "created_at": now,
-                "updated_at": now,
+                "available_at": at,
+                "created_at": at,
+                "updated_at": at,
             }
             for rid, op, version in items
         ]
         if not rows:
             return 0
-        ins = self._upsert(S.messages)
-        stmt = ins.on_conflict_do_update(
+        self._executemany(c, self._enqueue_stmt, rows)
+        return len(rows)
+
+    @cached_property
+    def _enqueue_stmt(self) -> Any:
+        """Built and compiled once: the ON CONFLICT form is not in SQLAlchemy's
+        statement cache, and compiling it per call cost more than running it
+        (0.6 ms of each webhook delivery's commit)."""
+        cols = ("link", "side", "record_id", "op", "version", "status", "attempts",
+                "available_at", "created_at", "updated_at")
+        ins = self._upsert(S.messages).values({k: sa.bindparam(k) for k in cols})
+        return ins.on_conflict_do_update(
             index_elements=["link", "side", "record_id"],
             # A literal predicate: executemany cannot carry a bound one here.
             index_where=sa.text("status = 'pending'"),
@@ -107,8 +119,6 @@ class QueueMixin(Database):
                 "updated_at": ins.excluded.updated_at,
             },
         )
-        c.execute(stmt, rows)
-        return len(rows)
 
     def claim(
         self,
