@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 
 from crmsync.errors import SettingError, StateError, StateUnavailable, refused_connect
 from crmsync.state import schema as S
@@ -283,6 +282,8 @@ class Database:
         PostgreSQL ``= ANY``): the statement stays the same whatever the number of
         keys, instead of an ``IN`` list expanded to one parameter per key."""
         if self.dialect == "postgresql":
+            from sqlalchemy.dialects import postgresql  # only with a PostgreSQL state
+
             item = sa.BigInteger() if keys and isinstance(keys[0], int) else sa.Text()
             return col == sa.any_(sa.literal(list(keys), type_=postgresql.ARRAY(item)))
         each = sa.func.json_each(dumps(list(keys))).table_valued("value")
@@ -338,9 +339,15 @@ class Database:
 
     def _upsert(self, table: sa.Table) -> Any:
         """An INSERT that takes ON CONFLICT clauses (SQLite and PostgreSQL)."""
+        # Each dialect imported when used: a SQLite state never loads PostgreSQL's
+        # (~17 ms of every CLI start).
         if self.dialect == "postgresql":
+            from sqlalchemy.dialects import postgresql
+
             return postgresql.insert(table)
         if self.dialect == "sqlite":
+            from sqlalchemy.dialects import sqlite
+
             return sqlite.insert(table)
         raise StateError(
             f"state database {self.dialect!r} is not supported (use SQLite or PostgreSQL)"
