@@ -9,14 +9,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-)
 from rich.table import Table
 
 from crmsync.cli.common import (
@@ -140,6 +132,16 @@ def sync(
             if not names:
                 raise fail("no enabled link reads " + ", ".join(map(str, refs)), 2)
             link = names[0] if len(names) == 1 else link
+        # Here, not at the top: every command's start (and --help) imports this module.
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            SpinnerColumn,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
         progress = Progress(
             SpinnerColumn(),
             TextColumn("{task.description}"),
