@@ -51,12 +51,19 @@ systems:
     url: sqlite:///crm.db
     objects:
       company: {table: company, key: id, updated_at: updated_at}
+      account: {table: account, key: code}
 links:
   customers:
     source: erp.customer
     target: crm.company
     match: {customer_no: org_number}
     fields:
+      - {source: name, target: name}
+  accounts:  # the target key comes from the source: creates are upserts
+    source: erp.customer
+    target: crm.account
+    fields:
+      - {source: customer_no, target: code}
       - {source: name, target: name}
 """
 
@@ -71,6 +78,7 @@ def test_a_sync_of_sqlite_systems_loads_no_other_database_dialect(tmp_path: Path
     with sqlite3.connect(tmp_path / "crm.db") as c:
         c.execute("CREATE TABLE company (id INTEGER PRIMARY KEY, org_number TEXT, "
                   "name TEXT, updated_at DATETIME)")
+        c.execute("CREATE TABLE account (code TEXT PRIMARY KEY, name TEXT)")
     (tmp_path / "crmsync.yaml").write_text(SQLITE_CONFIG)
     code = (
         "import atexit, json, sys\n"
@@ -88,3 +96,4 @@ def test_a_sync_of_sqlite_systems_loads_no_other_database_dialect(tmp_path: Path
         assert json.loads(p.stdout.strip().splitlines()[-1]) == []
     with sqlite3.connect(tmp_path / "crm.db") as c:
         assert c.execute("SELECT org_number, name FROM company").fetchall() == [("C1", "Acme")]
+        assert c.execute("SELECT code, name FROM account").fetchall() == [("C1", "Acme")]
