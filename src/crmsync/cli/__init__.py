@@ -17,8 +17,8 @@ import sys
 from typing import Annotated
 
 # The imports below (typer, rich, the commands) without the cyclic collector:
-# ~45 young collections that free next to nothing, ~15 ms of every command. What
-# they made is then frozen (left out of later collections; a collector merely
+# ~45 collections that free next to nothing (see common.pause_gc). What they
+# made is then frozen (left out of later collections; a collector merely
 # re-enabled would walk it all at its next pass). ``main`` pauses it again for
 # the command's start.
 _collecting = gc.isenabled()
