@@ -101,13 +101,7 @@ class Database:
             if readonly and (not db or db == ":memory:" or not Path(db).exists()):
                 # A dry run against a state that does not exist yet: an empty
                 # private state, so nothing is created on disk.
-                eng = sa.create_engine("sqlite://", hide_parameters=True)
-                self._install_pragmas(eng, wal=False)
-                with eng.begin() as c:
-                    for step in S.MIGRATIONS:
-                        step(c)
-                    c.execute(sa.insert(S.meta).values(key="version", value=str(S.SCHEMA_VERSION)))
-                return eng
+                return self._empty_private()
             if readonly:
                 eng = sa.create_engine(
                     f"sqlite:///file:{Path(db).resolve()}?mode=ro&uri=true",
@@ -122,6 +116,16 @@ class Database:
             return eng
         eng = sa.create_engine(url, hide_parameters=True, pool_pre_ping=True)
         sa.event.listen(eng, "handle_error", self._connect_error)
+        return eng
+
+    def _empty_private(self) -> sa.Engine:
+        """An empty state of the current schema in memory (read-only use)."""
+        eng = sa.create_engine("sqlite://", hide_parameters=True)
+        self._install_pragmas(eng, wal=False)
+        with eng.begin() as c:
+            for step in S.MIGRATIONS:
+                step(c)
+            c.execute(sa.insert(S.meta).values(key="version", value=str(S.SCHEMA_VERSION)))
         return eng
 
     @staticmethod
@@ -159,7 +163,15 @@ class Database:
     def migrate(self) -> int:
         """Bring the schema to the current version; returns the version."""
         if self.readonly:
-            return self.version()
+            have = self.version()
+            if have == 0 and self.dialect == "sqlite":
+                # A file with no schema yet (empty, or another process creating it
+                # this very moment): read as the empty state a missing file gives,
+                # not as tables that are not there.
+                self.engine.dispose()
+                self.engine = self._empty_private()
+                return S.SCHEMA_VERSION
+            return have
         if self.version() == S.SCHEMA_VERSION:
             return S.SCHEMA_VERSION  # the common case: no write lock taken
         with self.engine.begin() as c:
