@@ -65,6 +65,24 @@ def test_fresh_schema_on_postgresql(tmp_path: Path) -> None:
             st.close()
 
 
+
+def test_a_reader_of_a_state_file_without_schema_sees_an_empty_state(tmp_path: Path) -> None:
+    """A read-only command (status, log) that opens a state file another process has
+    just created, its schema not committed yet, reads it as empty (as a missing
+    file), not as an internal error for tables that are not there; writes nothing."""
+    db = tmp_path / "state.db"
+    sqlite3.connect(db).close()  # the file exists, no table yet
+    st = StateStore(f"sqlite:///{db}", readonly=True)
+    try:
+        assert st.migrate() == S.SCHEMA_VERSION
+        assert st.link_states() == {}
+        with st.connect() as c:
+            assert st.queue_counts_by_link(c) == {}
+    finally:
+        st.close()
+    with sqlite3.connect(db) as c:
+        assert c.execute("SELECT count(*) FROM sqlite_master").fetchone() == (0,)
+
 def test_newer_schema_is_refused(tmp_path: Path) -> None:
     st = StateStore(f"sqlite:///{tmp_path / 's.db'}")
     try:

