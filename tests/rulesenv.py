@@ -22,7 +22,7 @@ from crmsync.state.store import StateStore, utcnow
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 CONFIG = """\
-state: sqlite:///{d}/state.db
+state: {state}
 systems:
   crm:
     connector: sql
@@ -118,8 +118,9 @@ def hook() -> Iterator[Receiver]:
 
 
 class Cadence:
-    def __init__(self, d: Path, hook: Receiver) -> None:
+    def __init__(self, d: Path, hook: Receiver, state: str | None = None) -> None:
         self.d = d
+        self.state_url = state or f"sqlite:///{d}/state.db"
         self.crm = sa.create_engine(f"sqlite:///{d}/crm.db")
         self.cad = sa.create_engine(f"sqlite:///{d}/cadence.db")
         with self.crm.begin() as c:
@@ -137,7 +138,8 @@ class Cadence:
                 " name TEXT, cadence TEXT DEFAULT 'onboarding', state TEXT DEFAULT 'active',"
                 " last_outcome TEXT, last_notes TEXT, updated_at DATETIME)"
             )
-        (d / "crmsync.yaml").write_text(CONFIG.format(d=d, hook=hook.url, secret=SECRET))
+        (d / "crmsync.yaml").write_text(CONFIG.format(d=d, hook=hook.url, secret=SECRET,
+                                                              state=self.state_url))
 
     @staticmethod
     def _stamp() -> str:
@@ -189,4 +191,4 @@ class Cadence:
                 c.close()
 
     def state(self) -> sa.Engine:
-        return sa.create_engine(f"sqlite:///{self.d}/state.db")
+        return sa.create_engine(self.state_url)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from apiservice import LiveServer
+import pytest
+from apiservice import STATE_BACKENDS, LiveServer
+from dbs import fresh_database
 from rulesenv import Cadence, Receiver, hook
 
 from crmsync.api.auth import create_token
@@ -15,8 +17,15 @@ from crmsync.service.worker import Worker
 __all__ = ["hook"]
 
 
-def test_rules_listed_switched_and_run_by_the_worker(tmp_path: Path, hook: Receiver) -> None:
-    s = Cadence(tmp_path, hook)
+@pytest.mark.parametrize("state", STATE_BACKENDS)
+def test_rules_listed_switched_and_run_by_the_worker(
+    tmp_path: Path, hook: Receiver, state: str
+) -> None:
+    with fresh_database(state, tmp_path, "state") as url:
+        _listed_switched_and_run(Cadence(tmp_path, hook, url), tmp_path, hook)
+
+
+def _listed_switched_and_run(s: Cadence, tmp_path: Path, hook: Receiver) -> None:
     s.contact(1, name="Ada", email="ada@x.test", type="Lead", status="Open", do_not_call=True,
               owner="kim")
     s.sync()  # migration and the rules' baseline

@@ -13,6 +13,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+import sqlalchemy as sa
+from dbs import fresh_database
 from rulesenv import SECRET, Cadence, Receiver, hook
 
 from crmsync.engine.retry import RetryPolicy
@@ -20,8 +23,17 @@ from crmsync.engine.retry import RetryPolicy
 __all__ = ["hook"]
 
 
-def test_cadence_rules_fire_once_and_act(tmp_path: Path, hook: Receiver) -> None:
-    s = Cadence(tmp_path, hook)
+# The state on SQLite and on PostgreSQL (where workers claim with SKIP LOCKED).
+STATES = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)]
+
+
+@pytest.mark.parametrize("state", STATES)
+def test_cadence_rules_fire_once_and_act(tmp_path: Path, hook: Receiver, state: str) -> None:
+    with fresh_database(state, tmp_path, "state") as url:
+        _cadence_rules_fire_once_and_act(Cadence(tmp_path, hook, url), hook)
+
+
+def _cadence_rules_fire_once_and_act(s: Cadence, hook: Receiver) -> None:
     s.contact(1, name="Ada", email="ada@x.test", type="Lead", status="Open", do_not_call=False,
               owner="kim")
     s.contact(2, name="Bob", email="bob@x.test", type="Partner", status="Open",
@@ -78,8 +90,15 @@ def test_cadence_rules_fire_once_and_act(tmp_path: Path, hook: Receiver) -> None
         ("fired", "ok"), ("set", "ok"), ("activity", "ok"), ("sync", "ok"), ("webhook", "ok")]
 
 
-def test_failed_webhook_is_retried_with_the_same_id(tmp_path: Path, hook: Receiver) -> None:
-    s = Cadence(tmp_path, hook)
+@pytest.mark.parametrize("state", STATES)
+def test_failed_webhook_is_retried_with_the_same_id(
+    tmp_path: Path, hook: Receiver, state: str
+) -> None:
+    with fresh_database(state, tmp_path, "state") as url:
+        _failed_webhook_is_retried_with_the_same_id(Cadence(tmp_path, hook, url), hook)
+
+
+def _failed_webhook_is_retried_with_the_same_id(s: Cadence, hook: Receiver) -> None:
     s.contact(1, name="Ada", email="ada@x.test", type="Lead", status="Open", do_not_call=True,
               owner="kim")
     s.sync()
@@ -97,8 +116,8 @@ def test_failed_webhook_is_retried_with_the_same_id(tmp_path: Path, hook: Receiv
     assert len(s.activities()) == 1
     assert s.prospects()["ada@x.test"][2] == "exited"
     with s.state().connect() as c:
-        left = c.exec_driver_sql(
-            "SELECT count(*) FROM crmsync_messages WHERE link LIKE 'rule:%'").scalar()
+        left = c.execute(sa.text(
+            "SELECT count(*) FROM crmsync_messages WHERE link LIKE 'rule:%'")).scalar()
     assert left == 0
     # the failed tries are in the log with their reason
     with s.state().connect() as c:
